@@ -1,0 +1,3 @@
+"""hpstudy: rerun, trust and extend hyperparameter studies."""
+
+__version__ = "0.1.0"
