@@ -1,0 +1,3 @@
+from hpstudy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The `hpstudy` command (SPEC §4). Every user error ends in one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpstudy.errors import HpstudyError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root",
+        help="folder holding cifar-100-python/ (default: $HPSTUDY_DATA or the per-user cache)",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the md5 check (for a dataset built in the official layout by hand)",
+    )
+
+
+def add_run_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per RunConfig field, named after it, typed after it."""
+    from hpstudy.config import RunConfig
+
+    for name, field in RunConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = field.annotation
+        args = typing.get_args(kind)
+        default = field.default
+        shown = ("all" if name.startswith("limit") else "auto") if default is None else default
+        help_text = f"(default: {shown})"
+        if kind is bool or (isinstance(kind, types.UnionType) and bool in args):
+            p.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif typing.get_origin(kind) is typing.Literal:
+            p.add_argument(flag, dest=name, choices=args, default=None, help=help_text)
+        else:
+            base = next((a for a in (args or (kind,)) if a is not type(None)), str)
+            p.add_argument(
+                flag,
+                dest=name,
+                type=base,
+                default=None,
+                metavar=base.__name__.upper(),
+                help=help_text,
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="hpstudy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data_p = sub.add_parser("data", help="the CIFAR-100 archive").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data_p.add_parser("download", help="fetch and verify the official archive")
+    add_data_options(p)
+    p = data_p.add_parser("info", help="split sizes, channel stats, class balance")
+    add_data_options(p)
+    p.add_argument("--seed", type=int, default=0, help="split seed (0 is the report's)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    p = sub.add_parser("train", help="train one run")
+    add_run_config_options(p)
+    add_data_options(p)
+    p.add_argument("--out", required=True, type=Path, help="the run directory")
+
+    p = sub.add_parser("evaluate", help="evaluate a finished run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    add_data_options(p)
+
+    study_p = sub.add_parser("study", help="run, inspect and show studies").add_subparsers(
+        dest="study_command", required=True
+    )
+    p = study_p.add_parser("run", help="run a study (resumes where it stopped)")
+    p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
+    p.add_argument("--out", type=Path, default=None, help="study folder (default: runs/NAME)")
+    p.add_argument("--budget", choices=("full", "short", "smoke"), default="full")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="local executor: comma-separated GPU indices, one worker each",
+    )
+    p.add_argument("--address", default=None, help="ray executor: cluster address (auto joins)")
+    p.add_argument("--device", default=None, help="device for every run (default: auto)")
+    add_data_options(p)
+    p = study_p.add_parser("status", help="one line per run")
+    p.add_argument("dir", type=Path)
+    p = study_p.add_parser("show", help="print a study's stages")
+    p.add_argument("study")
+
+    p = sub.add_parser("report", help="write report.md / report.html for a study folder")
+    p.add_argument("dir", type=Path)
+    return parser
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from hpstudy import data
+
+    if args.data_command == "download":
+        folder = data.download(args.root, verify=args.verify)
+        print(f"CIFAR-100 ready in {folder}")
+        return
+    info = data.dataset_info(args.root, seed=args.seed, verify=args.verify)
+    if args.json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        print(f"{key:24} {value}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from hpstudy.config import RunConfig, make_run_config
+    from hpstudy.train import train
+
+    values = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k) is not None}
+    config = make_run_config(values, "train options")
+    summary = train(config, args.out, root=args.root, verify=args.verify)
+    final = summary.get("final") or {}
+    if summary["status"] == "finished":
+        print(
+            f"{args.out}: finished {summary['epochs_done']} epochs, "
+            f"val acc {final['val_acc']:.4f}, val loss {final['val_loss']:.4f}"
+        )
+    else:
+        print(f"{args.out}: {summary['status']} at epoch {summary['epochs_done']}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from hpstudy.train import evaluate
+
+    result = evaluate(
+        args.run_dir, args.split, root=args.root, verify=args.verify, device=args.device
+    )
+    if args.json:
+        print_json(result)
+        return
+    print(
+        f"{args.run_dir} on {args.split} ({result['images']} images): loss {result['loss']:.4f} "
+        f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f}"
+    )
+    for name, acc in result["superclass_top1"].items():
+        print(f"  {name:32} {acc:.4f}")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from hpstudy import study
+
+    if args.study_command == "show":
+        print(study.describe(study.load_study(args.study)))
+    elif args.study_command == "status":
+        print(study.status_text(args.dir))
+    else:
+        devices = None
+        if args.devices:
+            try:
+                devices = [int(d) for d in args.devices.split(",")]
+            except ValueError:
+                raise HpstudyError(
+                    f"--devices: expected GPU indices like 0,1 (got {args.devices!r})"
+                ) from None
+        study.run_study(
+            args.study,
+            out=args.out,
+            budget=args.budget,
+            executor=args.executor,
+            root=args.root,
+            verify=args.verify,
+            devices=devices,
+            address=args.address,
+            device=args.device,
+        )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from hpstudy.report import write_report
+
+    path = write_report(args.dir)
+    print(f"report written: {path}")
+
+
+COMMANDS = {
+    "data": cmd_data,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "study": cmd_study,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except HpstudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished epochs are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

@@ -1,0 +1,278 @@
+"""One training run: metrics, schedule, learning, resume after SIGKILL, divergence, bad config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpstudy.config import RunConfig, make_run_config
+from hpstudy.errors import HpstudyError
+from hpstudy.train import METRIC_COLUMNS, evaluate, learning_rate, train
+
+TINY = {"width": 0.125, "batch_size": 64, "device": "cpu"}
+
+
+def tiny(**kw: object) -> RunConfig:
+    return RunConfig(**{**TINY, **kw})
+
+
+def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def hpstudy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpstudy", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run that learns: 8 epochs of cosine on the 10-class synthetic set."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    train(tiny(epochs=8, lr=0.05, schedule="cosine"), run_dir, root=synthetic_root, verify=False)
+    return run_dir
+
+
+def test_metrics_rows_and_columns(trained: Path) -> None:
+    rows = read_rows(trained)
+    assert list(rows[0]) == METRIC_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    for r in rows:
+        assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["val_acc"]) <= float(r["val_top5"])
+        assert float(r["seconds"]) > 0 and float(r["images_per_s"]) > 0
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_done"] == 8
+    assert summary["final"]["val_acc"] == float(rows[-1]["val_acc"])
+    assert json.loads((trained / "config.json").read_text())["epochs"] == 8
+
+
+def test_learning_happens(trained: Path) -> None:
+    rows = read_rows(trained)
+    assert float(rows[-1]["train_loss"]) < 0.7 * float(rows[0]["train_loss"])
+    # 10 balanced classes: chance is 0.10
+    assert float(rows[-1]["val_acc"]) > 0.3
+
+
+def test_recorded_cosine_rates_follow_the_formula(trained: Path) -> None:
+    lrs = [float(r["lr"]) for r in read_rows(trained)]
+    expected = [0.5 * 0.05 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_cosine_equals_torch_cosine_annealing_stepped_per_epoch() -> None:
+    config = tiny(epochs=300, lr=0.05, schedule="cosine")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=300)
+    for epoch in range(300):
+        assert learning_rate(config, epoch) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+    assert learning_rate(tiny(lr=0.05), 10) == 0.05  # constant
+
+
+def test_warmup_ramps_linearly_then_cosine() -> None:
+    config = tiny(epochs=10, lr=0.1, schedule="cosine", warmup_epochs=2)
+    assert [learning_rate(config, e) for e in range(3)] == pytest.approx([0.05, 0.1, 0.1])
+    assert learning_rate(config, 9) < 0.01
+
+
+def test_finished_run_is_not_retrained(trained: Path, synthetic_root: Path) -> None:
+    before = (trained / "checkpoint.pt").stat().st_mtime_ns
+    summary = train(
+        tiny(epochs=8, lr=0.05, schedule="cosine"), trained, root=synthetic_root, verify=False
+    )
+    assert summary["status"] == "finished"
+    assert (trained / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_run_dir_holding_another_config_is_refused(trained: Path, synthetic_root: Path) -> None:
+    with pytest.raises(HpstudyError, match="holds a different run"):
+        train(tiny(epochs=8, lr=0.5), trained, root=synthetic_root, verify=False)
+
+
+def test_checkpoint_loads_with_weights_only(trained: Path) -> None:
+    ckpt = torch.load(trained / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 8 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "rows"}
+
+
+def test_evaluate_val_matches_training_and_test_is_recorded(
+    trained: Path, synthetic_root: Path
+) -> None:
+    val = evaluate(trained, "val", root=synthetic_root, verify=False)
+    final = json.loads((trained / "summary.json").read_text())["final"]
+    assert val["top1"] == pytest.approx(final["val_acc"], abs=1e-9)
+    assert val["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    assert val["top1"] <= val["top5"]
+    assert json.loads((trained / "summary.json").read_text())["test_evaluations"] == []
+    test = evaluate(trained, "test", root=synthetic_root, verify=False)
+    assert test["images"] == 100 and len(test["superclass_top1"]) == 20
+    recorded = json.loads((trained / "summary.json").read_text())["test_evaluations"]
+    assert len(recorded) == 1 and recorded[0]["top1"] == test["top1"]
+
+
+def test_mixup_run_reports_soft_accuracy(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpstudy import augment
+
+    lams, hits = [], []
+    real = augment.mixup_accuracy
+
+    def spy(logits: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, lam: float) -> torch.Tensor:
+        lams.append(lam)
+        hits.append(real(logits, y, y2, lam).item())
+        return torch.tensor(hits[-1])
+
+    monkeypatch.setattr("hpstudy.train.augment.mixup_accuracy", spy)
+    summary = train(
+        tiny(epochs=1, mixup_alpha=0.2, label_smoothing=0.1, nesterov=True),
+        tmp_path,
+        root=synthetic_root,
+        verify=False,
+    )
+    assert len(lams) == 7 and len(set(lams)) == 7 and all(0 < lam < 1 for lam in lams)
+    assert summary["final"]["train_acc"] == pytest.approx(sum(hits) / 400)
+
+
+def test_diverging_run_is_recorded_and_returns(synthetic_root: Path, tmp_path: Path) -> None:
+    summary = train(tiny(epochs=3, lr=1e6), tmp_path, root=synthetic_root, verify=False)
+    assert summary["status"] == "diverged"
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+    assert summary["epochs_done"] == 1
+
+
+def test_bf16_channels_last_step_close_to_fp32(synthetic_root: Path, tmp_path: Path) -> None:
+    fp32 = train(
+        tiny(epochs=1, precision="fp32", channels_last=False),
+        tmp_path / "a",
+        root=synthetic_root,
+        verify=False,
+    )
+    bf16 = train(
+        tiny(epochs=1, precision="bf16", channels_last=True),
+        tmp_path / "b",
+        root=synthetic_root,
+        verify=False,
+    )
+    assert bf16["precision"] == "bf16" and bf16["channels_last"] is True
+    assert bf16["final"]["train_loss"] == pytest.approx(fp32["final"]["train_loss"], rel=0.05)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    args = [
+        "train",
+        "--root",
+        str(synthetic_root),
+        "--no-verify",
+        "--width",
+        "0.125",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--schedule",
+        "cosine",
+        "--mixup-alpha",
+        "0.2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpstudy", *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (killed / "metrics.csv").exists() and len(read_rows(killed)) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "run finished before it could be killed"
+    assert hpstudy(*args, "--out", str(killed), env=env).returncode == 0
+    assert hpstudy(*args, "--out", str(whole), env=env).returncode == 0
+
+    def deterministic(rows: list[dict[str, str]]) -> list[list[str]]:
+        return [
+            [r[c] for c in METRIC_COLUMNS if c not in ("seconds", "images_per_s")] for r in rows
+        ]
+
+    assert deterministic(read_rows(killed)) == deterministic(read_rows(whole))
+    a = torch.load(killed / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(whole / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "field"),
+    [
+        ("--lr", "-1", "lr"),
+        ("--epochs", "0", "epochs"),
+        ("--width", "-0.5", "width"),
+        ("--momentum", "1.5", "momentum"),
+        ("--label-smoothing", "1", "label_smoothing"),
+        ("--model", "vgg99", "vgg99"),
+        ("--device", "tpu", "device"),
+    ],
+)
+def test_bad_config_values_give_one_clear_line(
+    synthetic_root: Path, tmp_path: Path, option: str, value: str, field: str
+) -> None:
+    result = hpstudy(
+        "train",
+        "--root",
+        str(synthetic_root),
+        "--no-verify",
+        "--epochs",
+        "1",
+        option,
+        value,
+        "--out",
+        str(tmp_path / "r"),
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert len(lines) == 1 and field in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_config_key_is_named() -> None:
+    with pytest.raises(HpstudyError, match="learning_rate: unknown key"):
+        make_run_config({"learning_rate": 0.1})
+
+
+def test_config_hash_ignores_where_it_runs_but_not_what() -> None:
+    assert tiny(device="cpu").run_hash() == tiny(device="cuda:1", compile=True).run_hash()
+    assert tiny(lr=0.05).run_hash() != tiny(lr=0.5).run_hash()
+    assert tiny(lr=1).run_hash() == tiny(lr=1.0).run_hash()
+
+
+@pytest.mark.real_data
+def test_real_data_one_epoch_learns(real_root: Path, tmp_path: Path) -> None:
+    config = RunConfig(width=0.5, epochs=1, lr=0.05, limit_train=5000, limit_val=2000, device="cpu")
+    summary = train(config, tmp_path, root=real_root, verify=False)
+    assert summary["status"] == "finished"
+    assert summary["final"]["val_acc"] > 0.03  # chance is 0.01
