@@ -131,7 +131,8 @@ def cmd_data(args: argparse.Namespace) -> None:
         print_json(info)
         return
     for key, value in info.items():
-        print(f"{key:24} {value}")
+        if key != "class_proportions":  # 100 numbers: --json has them
+            print(f"{key:24} {value}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

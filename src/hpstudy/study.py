@@ -205,7 +205,14 @@ def select(stage: Stage, settings: list[dict[str, Any]], selection: str) -> dict
     if not usable:
         return {"winner": None, "margin": None, "spread": None, "verdict": "no usable run"}
     sign = 1 if selection == "val_acc" else -1
-    ranked = sorted(usable, key=lambda i: -sign * settings[i]["final"][selection]["mean"])
+    # ties (common on small validation sets) go to the lower validation loss, then to order
+    ranked = sorted(
+        usable,
+        key=lambda i: (
+            -sign * settings[i]["final"][selection]["mean"],
+            settings[i]["final"]["val_loss"]["mean"],
+        ),
+    )
     winner = ranked[0]
     best = settings[winner]["final"][selection]
     margin = (
@@ -274,20 +281,11 @@ def claim_folder(out: Path, study: StudyConfig, budget: str) -> None:
 
 
 def data_summary(root: str | None, verify: bool, split_seed: int) -> dict[str, Any]:
-    info = data.dataset_info(root, seed=split_seed, verify=verify)
-    return {
-        k: info[k]
-        for k in (
-            "root",
-            "train_size",
-            "val_size",
-            "test_size",
-            "mean",
-            "std",
-            "val_indices_sha256",
-            "class_proportions",
-        )
-    }
+    """What the report says of the data: sizes, statistics, split fingerprint, Figure 1."""
+    from hpstudy.train import load_data
+
+    info = data.split_info(load_data(root, verify), split_seed)
+    return {"root": str(data.resolve_root(root)), **info}
 
 
 def environment(device: str) -> dict[str, str]:

@@ -1,0 +1,42 @@
+"""Shared fixtures: a small synthetic CIFAR-100 and the real one rebuilt from ../shared/data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cifar_archive import write_cifar100
+
+# the shared/ folder sits beside the repository (CI keeps a copy beside the clone)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+UNREACHABLE_URL = "http://127.0.0.1:9/cifar-100-python.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may download the real 160 MB archive: a missing dataset fails fast instead."""
+    monkeypatch.setenv("HPSTUDY_CIFAR100_URL", UNREACHABLE_URL)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Data root with 500 train / 100 test images over 10 colour-coded (learnable) classes.
+
+    Session-scoped and shared: tests must not modify it (copy it or write their own).
+    """
+    root = tmp_path_factory.mktemp("synthetic")
+    write_cifar100(root, n_train=500, n_test=100, classes=10)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Data root with the real CIFAR-100 pickles, rebuilt once per session (about 4 s)."""
+    script = SHARED_DATA / "make_cifar100_python.py"
+    if not script.is_file():
+        pytest.skip(f"real CIFAR-100 shards not found in {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("real")
+    subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    return root
