@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpstudy import __version__, data
-from hpstudy.config import RunConfig, format_validation_error
+from hpstudy.config import RunConfig, format_validation_error, make_run_config
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job, make_executor
 from hpstudy.progress import log
@@ -132,7 +132,8 @@ def load_study(spec: str | Path) -> StudyConfig:
         study = StudyConfig(**raw)
     except ValidationError as err:
         raise HpstudyError(format_validation_error(err, where)) from None
-    # every configuration the study can produce must be a valid RunConfig
+    # the base and every configuration the study can produce must be valid RunConfigs
+    make_run_config(study.base, f"{where}: base")
     for i, stage in enumerate(study.stages):
         for value in stage.values:
             try:
@@ -348,65 +349,28 @@ def run_study(
     }
     started = time.perf_counter()
     winners: dict[str, Any] = {}
-    configs_by_hash: dict[str, str] = {}
-    for k, stage in enumerate(study.stages, 1):
-        jobs, settings = [], []
-        for i, value in enumerate(stage.values):
-            label = stage.label(i)
-            runs = []
-            for seed in study.seeds:
-                config = stage_config(study, stage, value, winners, seed, budget)
-                run_hash = config.run_hash()
-                run_dir = out / "runs" / run_hash
-                reused = run_hash in configs_by_hash
-                configs_by_hash.setdefault(run_hash, stage.name)
-                runs.append({"seed": seed, "run_hash": run_hash, "reused": reused})
-                if run_state(out, run_dir)["status"] not in ("finished", "diverged") and not reused:
-                    jobs.append(Job(config, run_dir, f"{stage.name} / {label} / seed {seed}"))
-            published = stage.published.get(label)
-            settings.append(
-                {
-                    "value": value,
-                    "label": label,
-                    "runs": runs,
-                    "published": published.model_dump() if published else None,
-                }
+    seen: set[str] = set()
+    try:
+        for k, stage in enumerate(study.stages, 1):
+            stage_state, jobs = expand_stage(out, study, stage, winners, budget, seen)
+            state["stages"].append(stage_state)
+            refresh(out, state)
+            write_json(state_path, state)
+            log(
+                f"[bold]stage {k}/{len(study.stages)} {stage.name}[/bold]: "
+                f"{len(stage.values) * len(study.seeds)} runs, {len(jobs)} to train"
             )
-        stage_state = {
-            "name": stage.name,
-            "field": stage.field,
-            "figure": stage.figure,
-            "epochs": budget_epochs(stage.epochs, budget),
-            "settings": settings,
-            "published_winner": stage.published_winner,
-        }
-        state["stages"].append(stage_state)
-        refresh(out, state)
-        write_json(state_path, state)
-
-        log(
-            f"[bold]stage {k}/{len(study.stages)} {stage.name}[/bold]: "
-            f"{len(settings) * len(study.seeds)} runs, {len(jobs)} to train"
-        )
-        runner.run(jobs)
-
-        refresh(out, state)
-        stage_state.update(select(stage, settings, study.selection))
-        write_json(state_path, state)
-        if stage_state["winner"] is None:
-            errors = "; ".join(
-                f"{s['label']} seed {r['seed']}: {r['status']}"
-                + (f" ({r['error']})" if r.get("error") else "")
-                for s in settings
-                for r in s["runs"]
-            )
-            raise HpstudyError(
-                f"stage {stage.name!r} has no usable run ({errors}); "
-                f"fix the cause and rerun to resume"
-            )
-        winner = settings[stage_state["winner"]]
-        winners[stage.field] = winner["value"]
-        log(f"stage {stage.name}: winner {winner['label']} — {stage_state['verdict']}")
+            runner.run(jobs)
+            refresh(out, state)
+            stage_state.update(select(stage, stage_state["settings"], study.selection))
+            write_json(state_path, state)
+            if stage_state["winner"] is None:
+                raise no_usable_run(stage_state)
+            winner = stage_state["settings"][stage_state["winner"]]
+            winners[stage.field] = winner["value"]
+            log(f"stage {stage.name}: winner {winner['label']} — {stage_state['verdict']}")
+    finally:
+        runner.close()
 
     state["final"] = final_evaluation(out, study, state, options, device)
     state["status"] = "finished"
@@ -421,6 +385,63 @@ def run_study(
         f"{state['final']['test_top1']['mean']:.4f}; report: {report}"
     )
     return state
+
+
+def expand_stage(
+    out: Path,
+    study: StudyConfig,
+    stage: Stage,
+    winners: dict[str, Any],
+    budget: str,
+    seen: set[str],
+) -> tuple[dict[str, Any], list[Job]]:
+    """The stage's runs given the winners so far, and those still to train.
+
+    A configuration met in an earlier stage (`seen`) is reused, not trained again.
+    """
+    jobs, settings = [], []
+    for i, value in enumerate(stage.values):
+        label = stage.label(i)
+        runs = []
+        for seed in study.seeds:
+            config = stage_config(study, stage, value, winners, seed, budget)
+            run_hash = config.run_hash()
+            reused = run_hash in seen
+            seen.add(run_hash)
+            runs.append({"seed": seed, "run_hash": run_hash, "reused": reused})
+            run_dir = out / "runs" / run_hash
+            if not reused and run_state(out, run_dir)["status"] not in ("finished", "diverged"):
+                jobs.append(Job(config, run_dir, f"{stage.name} / {label} / seed {seed}"))
+        published = stage.published.get(label)
+        settings.append(
+            {
+                "value": value,
+                "label": label,
+                "runs": runs,
+                "published": published.model_dump() if published else None,
+            }
+        )
+    stage_state = {
+        "name": stage.name,
+        "field": stage.field,
+        "figure": stage.figure,
+        "epochs": budget_epochs(stage.epochs, budget),
+        "settings": settings,
+        "published_winner": stage.published_winner,
+    }
+    return stage_state, jobs
+
+
+def no_usable_run(stage_state: dict[str, Any]) -> HpstudyError:
+    outcomes = "; ".join(
+        f"{s['label']} seed {r['seed']}: {r['status']}" + (f" ({r['error']})" if r["error"] else "")
+        for s in stage_state["settings"]
+        for r in s["runs"]
+    )
+    return HpstudyError(
+        f"stage {stage_state['name']!r} has no usable run ({outcomes}); "
+        "fix the cause and rerun to resume"
+    )
 
 
 def refresh(out: Path, state: dict[str, Any]) -> None:

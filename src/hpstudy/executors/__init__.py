@@ -32,6 +32,9 @@ class DataOptions:
 class Executor(Protocol):
     def run(self, jobs: list[Job]) -> None: ...
 
+    def close(self) -> None:
+        """Release what the executor started (a local Ray, worker processes)."""
+
 
 def run_job(job: Job, options: DataOptions, device: str | None = None) -> dict[str, Any]:
     """Train one job; a failure is recorded in its run directory, never raised."""
@@ -70,7 +73,7 @@ def make_executor(
     if name == "ray":
         from hpstudy.executors.ray import RayExecutor
 
-        return RayExecutor(options, address=address)
+        return RayExecutor(options, address=address, device=device)
     from hpstudy.executors.local import LocalExecutor
 
     if devices:

@@ -1,0 +1,159 @@
+"""Runs jobs as Ray tasks: one GPU per run where the cluster has GPUs, else a node's CPUs.
+
+Only where runs execute changes: each task calls `run_job`, which trains in the
+job's run directory on storage every node sees and records failures there. A
+run whose worker dies is retried by Ray and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpstudy.errors import HpstudyError
+from hpstudy.executors import DataOptions, Job, record_failure, run_job
+from hpstudy.progress import log
+
+Task = Callable[[Job, DataOptions, str | None], dict[str, Any]]
+
+
+def _run_task(
+    task: Task, job: Job, options: DataOptions, device: str | None, threads: int
+) -> dict[str, Any]:
+    import torch
+
+    # torch sizes its thread pool once per worker process, to the whole node;
+    # a run must use only the CPUs Ray granted it, or parallel runs oversubscribe
+    torch.set_num_threads(threads)
+    return task(job, options, device)
+
+
+def absolute(path: str | Path) -> Path:
+    """Absolute without resolving links: a shared mount may be a link that differs per node."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+class RayExecutor:
+    """`address=None` starts a local Ray (shut down with this executor); "auto" or
+    HOST:PORT joins a running cluster. A Ray this process already holds is used as is.
+
+    `task` replaces `run_job` inside the Ray task (tests use it to kill a worker).
+    """
+
+    def __init__(
+        self,
+        options: DataOptions,
+        address: str | None = None,
+        *,
+        device: str | None = None,
+        cpus_per_run: int | None = None,
+        max_retries: int = 3,
+        task: Task = run_job,
+    ) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise HpstudyError("the ray executor needs Ray: pip install 'hpstudy[ray]'") from None
+        root = None if options.root is None else str(absolute(options.root))
+        # None stays None: each worker then uses its own default root ($HPSTUDY_DATA)
+        self.options = DataOptions(root=root, verify=options.verify)
+        self.address = address
+        self.device = device
+        self.cpus_per_run = cpus_per_run
+        self.max_retries = max_retries
+        self.task = task
+        self._close: weakref.finalize | None = None
+
+    def connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.address is None:
+            # "local", not None: None would join whatever `ray start` left on this machine
+            ray.init(address="local", include_dashboard=False)
+            # one local Ray for every stage of the study, gone with this executor
+            self._close = weakref.finalize(self, ray.shutdown)
+        else:
+            try:
+                ray.init(address=self.address)
+            except ConnectionError as err:
+                raise HpstudyError(
+                    f"--address {self.address}: cannot join Ray ({first_line(err)})"
+                ) from None
+
+    def close(self) -> None:
+        """Shut down the local Ray this executor started; a joined cluster is left running."""
+        if self._close is not None:
+            self._close()
+
+    def resources(self) -> dict[str, float]:
+        """What one run asks for: one GPU where the cluster has any, else a node's CPUs."""
+        import ray
+
+        if ray.cluster_resources().get("GPU", 0) >= 1:
+            return {"num_gpus": 1, "num_cpus": 1}
+        if self.cpus_per_run is not None:
+            return {"num_cpus": self.cpus_per_run}
+        # the smallest node's CPUs: every node can take a run, and each run trains as
+        # fast as the local executor would on that node
+        cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+        return {"num_cpus": max(1, int(min((c for c in cpus if c >= 1), default=1)))}
+
+    def run(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        import ray
+
+        self.connect()
+        resources = self.resources()
+        remote = ray.remote(_run_task).options(
+            **resources,
+            # worker or node death only; a run's own failure is recorded by run_job
+            max_retries=self.max_retries,
+            retry_exceptions=False,
+        )
+        threads = max(1, int(resources["num_cpus"]))
+        # workers on other nodes do not share this process's working directory
+        shipped = [dataclasses.replace(job, run_dir=absolute(job.run_dir)) for job in jobs]
+        pending = {
+            remote.remote(self.task, job, self.options, self.device, threads): job
+            for job in shipped
+        }
+        each = f"{resources['num_gpus']} GPU" if "num_gpus" in resources else f"{threads} CPU"
+        log(f"ray: {len(jobs)} runs queued, {each} each")
+        done_count = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            done_count += 1
+            name = job.label or job.run_dir.name
+            try:
+                summary = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as err:  # the task itself raised: not retried
+                record_failure(job, f"ray task raised {first_line(err.cause)}", str(err))
+                continue  # record_failure logged it
+            except ray.exceptions.RayError as err:  # worker or node lost, retries spent
+                message = f"ray task failed after {self.max_retries} retries: {first_line(err)}"
+                record_failure(job, message, str(err))
+                continue
+            log(f"ray: {done_count}/{len(jobs)} {name}: {describe(summary)}")
+
+
+def describe(summary: dict[str, Any]) -> str:
+    status = summary.get("status", "unknown")
+    final = summary.get("final")
+    if status == "finished" and final:
+        return f"finished, val_acc {final['val_acc']:.4f}"
+    if summary.get("error"):
+        return f"{status} ({summary['error']})"
+    return str(status)
+
+
+def first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

@@ -1,0 +1,353 @@
+"""Studies: seed-report end to end, chaining and reuse, resume after SIGKILL, bad study files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpstudy.errors import HpstudyError
+from hpstudy.executors import DataOptions
+from hpstudy.executors.local import LocalExecutor
+from hpstudy.study import budget_epochs, load_study, run_study, status_text
+
+# seed-report's shape (4 stages, stage 4 "none" = stage 3's winner) at a tiny width
+TINY_STUDY = """
+name = "tiny"
+seeds = [0, 1]
+[base]
+width = 0.125
+batch_size = 64
+limit_train = 256
+limit_val = 100
+device = "cpu"
+[[stages]]
+name = "learning rate"
+field = "lr"
+values = [0.01, 0.05]
+epochs = 1
+[[stages]]
+name = "schedule"
+field = "schedule"
+values = ["constant", "cosine"]
+epochs = 2
+[[stages]]
+name = "mixup"
+field = "mixup_alpha"
+values = [0.0, 0.2]
+labels = ["none", "alpha 0.2"]
+epochs = 2
+"""
+
+ONE_STAGE = '[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs=1'
+
+
+def hpstudy(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpstudy", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def stage_finals(out: Path) -> list[tuple[str, list[object]]]:
+    state = json.loads((out / "state.json").read_text())
+    return [
+        (s["settings"][s["winner"]]["label"], [(x["label"], x["final"]) for x in s["settings"]])
+        for s in state["stages"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def smoke_study(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in seed-report at the smoke budget, through the CLI, as a user runs it."""
+    out = tmp_path_factory.mktemp("smoke") / "study"
+    result = hpstudy(
+        "study",
+        "run",
+        "seed-report",
+        "--budget",
+        "smoke",
+        "--root",
+        str(synthetic_root),
+        "--no-verify",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny") / "tiny.toml"
+    path.write_text(TINY_STUDY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_study(
+    tiny_file: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("tiny-run") / "study"
+    run_study(tiny_file, out=out, root=str(synthetic_root), verify=False)
+    return out
+
+
+def test_smoke_study_writes_a_complete_report(smoke_study: Path) -> None:
+    for name in ("report.md", "report.html", "state.json", "study.json"):
+        assert (smoke_study / name).is_file(), name
+    pngs = sorted((smoke_study / "figures").glob("*.png"))
+    assert len(pngs) >= 7  # figures 1-7
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tables = sorted((smoke_study / "tables").glob("stage*.csv"))
+    assert len(tables) == 4
+    rows = [list(csv.DictReader(t.read_text().splitlines())) for t in tables]
+    assert [len(r) for r in rows] == [3, 2, 2, 2]
+    report = (smoke_study / "report.md").read_text()
+    assert "0.697" in report  # the published test accuracy beside the measured one
+
+
+def test_seed_report_has_eight_distinct_runs_and_reuses_stage_four_none(smoke_study: Path) -> None:
+    state = json.loads((smoke_study / "state.json").read_text())
+    hashes = {r["run_hash"] for s in state["stages"] for x in s["settings"] for r in x["runs"]}
+    assert len(hashes) == 8
+    assert len(list((smoke_study / "runs").iterdir())) == 8
+    wd, mixup = state["stages"][2], state["stages"][3]
+    none = mixup["settings"][0]
+    assert none["label"] == "none" and none["runs"][0]["reused"]
+    assert none["runs"][0]["run_hash"] == wd["settings"][wd["winner"]]["runs"][0]["run_hash"]
+    # smoke budget: 1 epoch for the 15-epoch stage, 2 for the 300-epoch ones
+    assert [s["epochs"] for s in state["stages"]] == [1, 2, 2, 2]
+    # each stage starts from the winners before it
+    lr = state["stages"][0]["settings"][state["stages"][0]["winner"]]["value"]
+    config = json.loads(
+        (smoke_study / wd["settings"][0]["runs"][0]["run_dir"] / "config.json").read_text()
+    )
+    assert config["lr"] == lr and config["limit_train"] == 2048
+
+
+def test_final_test_evaluation_happens_once_on_the_winner(smoke_study: Path) -> None:
+    state = json.loads((smoke_study / "state.json").read_text())
+    final = state["final"]
+    last = state["stages"][-1]
+    assert final["runs"][0]["run_hash"] == last["settings"][last["winner"]]["runs"][0]["run_hash"]
+    tested = [
+        d
+        for d in (smoke_study / "runs").iterdir()
+        if json.loads((d / "summary.json").read_text())["test_evaluations"]
+    ]
+    assert [d.name for d in tested] == [final["runs"][0]["run_hash"]]
+    assert final["published_test_top1"] == 0.697
+
+
+def test_rerunning_a_finished_study_does_nothing(smoke_study: Path, synthetic_root: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*") if p.is_file()}
+    result = hpstudy(
+        "study",
+        "run",
+        "seed-report",
+        "--budget",
+        "smoke",
+        "--root",
+        str(synthetic_root),
+        "--no-verify",
+        "--out",
+        str(smoke_study),
+    )
+    assert result.returncode == 0 and "already finished" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*") if p.is_file()} == before
+
+
+def test_status_lists_every_run(smoke_study: Path) -> None:
+    result = hpstudy("study", "status", str(smoke_study))
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert sum(" finished " in line for line in lines) == 9  # 8 runs, one listed twice
+    assert "(reused)" in result.stdout and "final test top-1" in result.stdout
+
+
+def test_folder_holding_another_study_is_refused(smoke_study: Path, synthetic_root: Path) -> None:
+    result = hpstudy(
+        "study",
+        "run",
+        "seed-report",
+        "--budget",
+        "short",
+        "--root",
+        str(synthetic_root),
+        "--no-verify",
+        "--out",
+        str(smoke_study),
+    )
+    assert "holds a different study" in one_error_line(result)
+
+
+def test_tiny_study_picks_on_mean_over_seeds(tiny_study: Path) -> None:
+    state = json.loads((tiny_study / "state.json").read_text())
+    for stage in state["stages"]:
+        means = [s["final"]["val_acc"]["mean"] for s in stage["settings"]]
+        assert means[stage["winner"]] == max(means)
+        for setting in stage["settings"]:
+            assert setting["final"]["val_acc"]["n"] == 2
+        assert stage["spread"] is not None and "seed" in stage["verdict"]
+    assert state["final"]["test_top1"]["n"] == 2
+
+
+def test_sigkill_during_study_then_rerun_gives_same_results(
+    tiny_file: Path, tiny_study: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    args = [
+        "study",
+        "run",
+        str(tiny_file),
+        "--root",
+        str(synthetic_root),
+        "--no-verify",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpstudy", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once stage 2 is under way
+        runs = list((out / "runs").glob("*/metrics.csv")) if (out / "runs").exists() else []
+        if len(runs) >= 5:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "state.json").read_text())["status"] == "running"
+    result = hpstudy(*args)
+    assert result.returncode == 0, result.stderr
+    assert stage_finals(out) == stage_finals(tiny_study)
+    killed_tables = sorted(p.read_text() for p in (out / "tables").glob("stage*.csv"))
+    assert killed_tables == sorted(
+        p.read_text() for p in (tiny_study / "tables").glob("stage*.csv")
+    )
+
+
+def test_worker_processes_give_the_same_results(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_STUDY.split("[[stages]]")[0] + ONE_STAGE.replace("[0.1]", "[0.01, 0.05]"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # what each of two CPU workers gets
+    try:
+        run_study(study, out=tmp_path / "here", root=str(synthetic_root), verify=False)
+    finally:
+        torch.set_num_threads(threads)
+    pool = LocalExecutor(
+        DataOptions(root=str(synthetic_root), verify=False), workers=["cpu", "cpu"]
+    )
+    monkeypatch.setattr("hpstudy.study.make_executor", lambda *a, **k: pool)
+    run_study(study, out=tmp_path / "pool", root=str(synthetic_root), verify=False)
+    assert stage_finals(tmp_path / "pool") == stage_finals(tmp_path / "here")
+
+
+def test_failing_run_is_recorded_and_the_study_goes_on(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(
+        TINY_STUDY.split("[[stages]]")[0]
+        + """
+[[stages]]
+name = "model"
+field = "model"
+values = ["mobilenet", "no-such-model"]
+epochs = 1
+"""
+    )
+    state = run_study(study, out=tmp_path / "out", root=str(synthetic_root), verify=False)
+    runs = state["stages"][0]["settings"][1]["runs"]
+    assert [r["status"] for r in runs] == ["failed", "failed"]
+    assert "no-such-model" in runs[0]["error"]
+    assert state["stages"][0]["winner"] == 0 and state["status"] == "finished"
+
+
+def test_stage_without_usable_run_stops_with_a_clear_message(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(
+        TINY_STUDY.split("[[stages]]")[0].replace("seeds = [0, 1]", "seeds = [0]")
+        + '[[stages]]\nname = "huge"\nfield = "lr"\nvalues = [1e6, 1e7]\nepochs = 2\n'
+    )
+    with pytest.raises(HpstudyError, match=r"stage 'huge' has no usable run.*diverged"):
+        run_study(study, out=tmp_path / "out", root=str(synthetic_root), verify=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('name = "x"\nstages = []', "stages"),
+        ('name = "x"\nbogus = 1\n' + ONE_STAGE, "bogus: unknown key"),
+        ('name = "x"\n[base]\nlr = -1\n' + ONE_STAGE, "lr"),
+        ('name = "x"\n[[stages]]\nname="a"\nfield="colour"\nvalues=[1]\nepochs=1', "colour"),
+        ('name = "x"\n[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs="ten"', "epochs"),
+        ('name = "x"\n[[stages]]\nname="a"\nfield="lr"\nvalues=[-0.1]\nepochs=1', "stages[0]: lr"),
+        ('name = "x"\n[[stages]]\nname="a"\nfield="seed"\nvalues=[1, 2]\nepochs=1', "seed"),
+        ('name = "x"\n[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1, 0.1]\nepochs=1', "repeat"),
+        ("name = [unclosed", "not valid TOML"),
+    ],
+)
+def test_malformed_study_files_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(HpstudyError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert str(path) in message and expected in message and "\n" not in message
+
+
+def test_malformed_study_through_the_cli_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        'name = "x"\n[base]\nlr = -1\n[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs=1'
+    )
+    assert "lr" in one_error_line(hpstudy("study", "run", str(path), "--out", str(tmp_path / "o")))
+    assert "no-such-study" in one_error_line(hpstudy("study", "show", "no-such-study"))
+
+
+def test_show_prints_the_built_in_study() -> None:
+    result = hpstudy("study", "show", "seed-report")
+    assert result.returncode == 0
+    assert (
+        "lr in [0.01, 0.05, 0.5]" in result.stdout
+        and "mixup_alpha in [none, α = 0.2]" in result.stdout
+    )
+
+
+def test_budgets_shrink_epochs_not_shape() -> None:
+    assert [budget_epochs(e, "full") for e in (15, 300)] == [15, 300]
+    assert [budget_epochs(e, "short") for e in (15, 300)] == [2, 30]
+    assert [budget_epochs(e, "smoke") for e in (15, 300)] == [1, 2]
+
+
+def test_status_of_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
+    with pytest.raises(HpstudyError, match="not a study folder"):
+        status_text(tmp_path)
