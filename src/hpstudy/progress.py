@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -20,12 +20,16 @@ console = Console(stderr=True)
 
 
 class Advance(Protocol):
-    def __call__(self, steps: int = 1, info: str | None = None) -> None: ...
+    def __call__(self, steps: int = 1, info: Callable[[], str] | None = None) -> None: ...
 
 
 @contextmanager
 def bar(description: str, total: int, enabled: bool | None = None) -> Iterator[Advance]:
-    """Yield `advance(steps, info)`; draws a bar only where someone watches a terminal."""
+    """Yield `advance(steps, info)`; draws a bar only where someone watches a terminal.
+
+    `info` is a callable so that what it reads (a loss on the GPU, which syncs)
+    is only read when a bar is drawn.
+    """
     if enabled is None:
         enabled = console.is_terminal
     if not enabled:
@@ -43,11 +47,11 @@ def bar(description: str, total: int, enabled: bool | None = None) -> Iterator[A
     ) as progress:
         task = progress.add_task(description, total=total, info="")
 
-        def advance(steps: int = 1, info: str | None = None) -> None:
+        def advance(steps: int = 1, info: Callable[[], str] | None = None) -> None:
             if info is None:
                 progress.advance(task, steps)
             else:
-                progress.update(task, advance=steps, info=info)
+                progress.update(task, advance=steps, info=info())
 
         yield advance
 

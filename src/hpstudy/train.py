@@ -346,7 +346,7 @@ def train_epoch(
                 scaler.update()
             loss_sum += loss.detach().double() * len(idx)
             # reading the loss syncs with the device: only now and then, for the eye
-            advance(1, f"loss {loss.item():.3f}" if step % 50 == 0 else None)
+            advance(1, (lambda loss=loss: f"loss {loss.item():.3f}") if step % 50 == 0 else None)
     return loss_sum.item() / n, hits.item() / n
 
 
