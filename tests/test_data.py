@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from cifar_archive import py2_pickle_bytes, write_archive, write_cifar100
+from cli_helpers import assert_one_line_error, run_hpstudy
 
 from hpstudy.data import (
     ARCHIVE_MD5,
@@ -419,23 +419,7 @@ def test_dataset_info_on_synthetic(synthetic_root: Path) -> None:
 
 def hpstudy(*args: str, data_home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HPSTUDY_DATA": str(data_home), "HPSTUDY_CIFAR100_URL": UNREACHABLE_URL}
-    return subprocess.run(
-        [sys.executable, "-m", "hpstudy", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    for needle in needles:
-        assert needle in lines[0]
+    return run_hpstudy(*args, env=env, timeout=120)
 
 
 def test_cli_wrong_md5(synthetic_root: Path, tmp_path: Path) -> None:

@@ -176,9 +176,9 @@ def test_killed_worker_is_retried_and_the_run_resumes_from_its_checkpoint(
     marker = tmp_path / "killed"
     real = ray_executor.RayExecutor
 
-    def executor(options: DataOptions, address: str | None = None) -> Any:
+    def executor(options: DataOptions, address: str | None = None, **kw: Any) -> Any:
         # 1 CPU per run: both runs of a stage train at once, on one thread each
-        return real(options, address=address, cpus_per_run=1, task=kill_once(marker))
+        return real(options, address=address, cpus_per_run=1, task=kill_once(marker), **kw)
 
     monkeypatch.setattr(ray_executor, "RayExecutor", executor)
     out = tmp_path / "study"

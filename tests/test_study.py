@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_line_error, run_hpstudy
 
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
@@ -49,18 +50,19 @@ epochs = 2
 ONE_STAGE = '[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs=1'
 
 
-def hpstudy(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hpstudy", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+def seed_report_args(root: Path, budget: str, out: Path) -> list[str]:
+    return [
+        "study",
+        "run",
+        "seed-report",
+        "--budget",
+        budget,
+        "--root",
+        str(root),
+        "--no-verify",
+        "--out",
+        str(out),
+    ]
 
 
 def stage_finals(out: Path) -> list[tuple[str, list[object]]]:
@@ -75,17 +77,8 @@ def stage_finals(out: Path) -> list[tuple[str, list[object]]]:
 def smoke_study(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in seed-report at the smoke budget, through the CLI, as a user runs it."""
     out = tmp_path_factory.mktemp("smoke") / "study"
-    result = hpstudy(
-        "study",
-        "run",
-        "seed-report",
-        "--budget",
-        "smoke",
-        "--root",
-        str(synthetic_root),
-        "--no-verify",
-        "--out",
-        str(out),
+    result = run_hpstudy(
+        *seed_report_args(synthetic_root, "smoke", out),
         "--device",
         "cpu",
     )
@@ -159,24 +152,15 @@ def test_final_test_evaluation_happens_once_on_the_winner(smoke_study: Path) -> 
 
 def test_rerunning_a_finished_study_does_nothing(smoke_study: Path, synthetic_root: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*") if p.is_file()}
-    result = hpstudy(
-        "study",
-        "run",
-        "seed-report",
-        "--budget",
-        "smoke",
-        "--root",
-        str(synthetic_root),
-        "--no-verify",
-        "--out",
-        str(smoke_study),
+    result = run_hpstudy(
+        *seed_report_args(synthetic_root, "smoke", smoke_study),
     )
     assert result.returncode == 0 and "already finished" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*") if p.is_file()} == before
 
 
 def test_status_lists_every_run(smoke_study: Path) -> None:
-    result = hpstudy("study", "status", str(smoke_study))
+    result = run_hpstudy("study", "status", str(smoke_study))
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert sum(" finished " in line for line in lines) == 9  # 8 runs, one listed twice
@@ -184,19 +168,10 @@ def test_status_lists_every_run(smoke_study: Path) -> None:
 
 
 def test_folder_holding_another_study_is_refused(smoke_study: Path, synthetic_root: Path) -> None:
-    result = hpstudy(
-        "study",
-        "run",
-        "seed-report",
-        "--budget",
-        "short",
-        "--root",
-        str(synthetic_root),
-        "--no-verify",
-        "--out",
-        str(smoke_study),
+    result = run_hpstudy(
+        *seed_report_args(synthetic_root, "short", smoke_study),
     )
-    assert "holds a different study" in one_error_line(result)
+    assert "holds a different study" in assert_one_line_error(result)
 
 
 def test_tiny_study_picks_on_mean_over_seeds(tiny_study: Path) -> None:
@@ -238,7 +213,7 @@ def test_sigkill_during_study_then_rerun_gives_same_results(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads((out / "state.json").read_text())["status"] == "running"
-    result = hpstudy(*args)
+    result = run_hpstudy(*args)
     assert result.returncode == 0, result.stderr
     assert stage_finals(out) == stage_finals(tiny_study)
     killed_tables = sorted(p.read_text() for p in (out / "tables").glob("stage*.csv"))
@@ -329,12 +304,14 @@ def test_malformed_study_through_the_cli_is_one_line(tmp_path: Path) -> None:
     path.write_text(
         'name = "x"\n[base]\nlr = -1\n[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs=1'
     )
-    assert "lr" in one_error_line(hpstudy("study", "run", str(path), "--out", str(tmp_path / "o")))
-    assert "no-such-study" in one_error_line(hpstudy("study", "show", "no-such-study"))
+    assert "lr" in assert_one_line_error(
+        run_hpstudy("study", "run", str(path), "--out", str(tmp_path / "o"))
+    )
+    assert "no-such-study" in assert_one_line_error(run_hpstudy("study", "show", "no-such-study"))
 
 
 def test_show_prints_the_built_in_study() -> None:
-    result = hpstudy("study", "show", "seed-report")
+    result = run_hpstudy("study", "show", "seed-report")
     assert result.returncode == 0
     assert (
         "lr in [0.01, 0.05, 0.5]" in result.stdout

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, run_hpstudy
 
 from hpstudy.config import RunConfig, make_run_config
 from hpstudy.errors import HpstudyError
@@ -29,16 +30,6 @@ def tiny(**kw: object) -> RunConfig:
 def read_rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def hpstudy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hpstudy", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +203,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists(), "run finished before it could be killed"
-    assert hpstudy(*args, "--out", str(killed), env=env).returncode == 0
-    assert hpstudy(*args, "--out", str(whole), env=env).returncode == 0
+    assert run_hpstudy(*args, "--out", str(killed), env=env).returncode == 0
+    assert run_hpstudy(*args, "--out", str(whole), env=env).returncode == 0
 
     def deterministic(rows: list[dict[str, str]]) -> list[list[str]]:
         return [
@@ -241,7 +232,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
 def test_bad_config_values_give_one_clear_line(
     synthetic_root: Path, tmp_path: Path, option: str, value: str, field: str
 ) -> None:
-    result = hpstudy(
+    result = run_hpstudy(
         "train",
         "--root",
         str(synthetic_root),
@@ -253,10 +244,7 @@ def test_bad_config_values_give_one_clear_line(
         "--out",
         str(tmp_path / "r"),
     )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0
-    assert len(lines) == 1 and field in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(result, field)
 
 
 def test_unknown_config_key_is_named() -> None:
@@ -272,7 +260,10 @@ def test_config_hash_ignores_where_it_runs_but_not_what() -> None:
 
 @pytest.mark.real_data
 def test_real_data_one_epoch_learns(real_root: Path, tmp_path: Path) -> None:
-    config = RunConfig(width=0.5, epochs=1, lr=0.05, limit_train=5000, limit_val=2000, device="cpu")
+    # 157 steps of batch 32 from scratch: a few percent, slow but real learning
+    config = RunConfig(width=0.5, epochs=1, lr=0.01, batch_size=32, limit_train=5000,
+                       limit_val=2000, device="cpu")  # fmt: skip
     summary = train(config, tmp_path, root=real_root, verify=False)
     assert summary["status"] == "finished"
-    assert summary["final"]["val_acc"] > 0.03  # chance is 0.01
+    # chance is 0.01 with a binomial std of 0.0022 on 2,000 images: 0.025 is 7 std above it
+    assert summary["final"]["val_acc"] > 0.025

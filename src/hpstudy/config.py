@@ -47,7 +47,7 @@ class RunConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | None = None
     compile: bool | None = None
-    eval_batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -334,20 +334,27 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[: n - val_size], perm[n - val_size :]
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+def channel_stats(
+    images: torch.Tensor, indices: torch.Tensor | None = None, chunk: int = 4096
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and population std of uint8 pixels scaled to [0, 1].
 
+    Over `images[indices]` when indices are given, gathered a chunk at a time.
     Counts each of the 256 pixel values per channel: the sums are then exact
     integers, and no float copy of the split is ever made.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"expected uint8 (N, C, H, W) images, got {images.dtype} {images.shape}")
-    if images.shape[0] == 0:
+    n_images = images.shape[0] if indices is None else indices.numel()
+    if n_images == 0:
         raise ValueError("no images to compute statistics of")
     channels = images.shape[1]
     counts = torch.zeros(channels, 256, dtype=torch.int64)
-    for start in range(0, images.shape[0], chunk):
-        block = images[start : start + chunk]
+    for start in range(0, n_images, chunk):
+        if indices is None:
+            block = images[start : start + chunk]
+        else:
+            block = images[indices[start : start + chunk]]
         for c in range(channels):
             counts[c] += torch.bincount(block[:, c].reshape(-1), minlength=256)
     values = torch.arange(256, dtype=torch.int64)
@@ -381,7 +388,7 @@ def split_info(data: Cifar100, seed: int = 0) -> dict:
     n = data.train.fine.numel()
     train_size = int(0.8 * n)
     train_idx, val_idx = split_indices(n, n - train_size, seed)
-    mean, std = channel_stats(data.train.images[train_idx])
+    mean, std = channel_stats(data.train.images, train_idx)
     props = class_proportions(data.train.fine[train_idx], NUM_FINE)
     return {
         "split_seed": seed,

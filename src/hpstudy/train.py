@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class Execution:
     dtype: torch.dtype  # autocast dtype; float32 means no autocast
     channels_last: bool
     compile: bool
+    eval_batch_size: int
 
     @classmethod
     def resolve(cls, config: RunConfig) -> Execution:
@@ -92,7 +94,9 @@ class Execution:
         # on GPU here, so it stays opt-in.
         channels_last = True if config.channels_last is None else config.channels_last
         compile_model = False if config.compile is None else config.compile
-        return cls(device, dtype, channels_last, compile_model)
+        # batch 1024 keeps a GPU busy; on a CPU it is no faster than 256 and costs 0.5 GiB
+        eval_batch = config.eval_batch_size or (1024 if cuda else 256)
+        return cls(device, dtype, channels_last, compile_model, eval_batch)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:
@@ -159,7 +163,7 @@ def device_data(cifar: data.Cifar100, config: RunConfig, device: torch.device) -
     images, fine, coarse = cifar.train.images, cifar.train.fine, cifar.train.coarse
     # statistics of the whole train split, as the report computes them, whatever the limit
     full_train_idx, _ = split_for(config.model_copy(update={"limit_train": None}), len(fine))
-    mean, std = data.channel_stats(images[full_train_idx])
+    mean, std = data.channel_stats(images, full_train_idx)
     train_idx, val_idx = split_for(config, len(fine))
     return DeviceData(
         train_x=images[train_idx].to(device),
@@ -296,6 +300,41 @@ def evaluate_arrays(
     }
 
 
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor  # augmented, normalised, in the model's memory format
+    y: torch.Tensor
+    y2: torch.Tensor | None  # mixup partner labels, None without mixup
+    lam: float  # mixup weight of y (1.0 without mixup)
+
+
+def batches(d: DeviceData, config: RunConfig, ex: Execution, epoch: int) -> Iterator[Batch]:
+    """The epoch's training batches: a seeded permutation, flip/crop, normalise, mixup."""
+    gen = torch.Generator(device=ex.device).manual_seed(epoch_seed(config.seed, epoch))
+    lam_rng = np.random.default_rng([config.seed, epoch, 1])
+    order = torch.randperm(len(d.train_x), generator=gen, device=ex.device)
+    for i in range(0, len(d.train_x), config.batch_size):
+        idx = order[i : i + config.batch_size]
+        x = augment.flip_crop(d.train_x[idx], gen)
+        x = augment.normalize(x, d.mean, d.std).contiguous(memory_format=ex.memory_format)
+        y, y2 = d.train_y[idx], None
+        lam = augment.sample_mixup_lambda(config.mixup_alpha, lam_rng)
+        if config.mixup_alpha > 0:
+            x, partner = augment.mixup(x, lam, gen)
+            y2 = y[partner]
+        yield Batch(x, y, y2, lam)
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
 def train_epoch(
     model: nn.Module,
     step_model: nn.Module,
@@ -307,35 +346,26 @@ def train_epoch(
     epoch: int,
     show: bool | None,
 ) -> tuple[float, float]:
-    """One pass over the train split; returns (mean loss, mean accuracy)."""
-    gen = torch.Generator(device=ex.device).manual_seed(epoch_seed(config.seed, epoch))
-    lam_rng = np.random.default_rng([config.seed, epoch, 1])
-    n = len(d.train_x)
-    order = torch.randperm(n, generator=gen, device=ex.device)
+    """One pass over the train split; returns (mean loss, mean accuracy).
+
+    Loss and hits accumulate on the device and are read once, at the end.
+    """
     loss_sum = torch.zeros((), dtype=torch.float64, device=ex.device)
     hits = torch.zeros((), dtype=torch.float64, device=ex.device)
     model.train()
-    steps = math.ceil(n / config.batch_size)
+    steps = math.ceil(len(d.train_x) / config.batch_size)
+    smoothing = config.label_smoothing
     with bar(f"epoch {epoch + 1}/{config.epochs}", steps, show) as advance:
-        for step, i in enumerate(range(0, n, config.batch_size)):
-            idx = order[i : i + config.batch_size]
-            x = augment.flip_crop(d.train_x[idx], gen)
-            x = augment.normalize(x, d.mean, d.std).contiguous(memory_format=ex.memory_format)
-            y = d.train_y[idx]
-            lam = augment.sample_mixup_lambda(config.mixup_alpha, lam_rng)
-            if config.mixup_alpha > 0:
-                x, partner = augment.mixup(x, lam, gen)
-                y2 = y[partner]
+        for step, b in enumerate(batches(d, config, ex, epoch)):
             with ex.autocast():
-                logits = step_model(x).float()
-            ce = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            if config.mixup_alpha > 0:
-                ce2 = F.cross_entropy(logits, y2, label_smoothing=config.label_smoothing)
-                loss = lam * ce + (1 - lam) * ce2
-                hits += augment.mixup_accuracy(logits.detach(), y, y2, lam)
+                logits = step_model(b.x).float()
+            loss = F.cross_entropy(logits, b.y, label_smoothing=smoothing)
+            if b.y2 is None:
+                hits += (logits.detach().argmax(1) == b.y).sum()
             else:
-                loss = ce
-                hits += (logits.detach().argmax(1) == y).sum()
+                loss2 = F.cross_entropy(logits, b.y2, label_smoothing=smoothing)
+                loss = b.lam * loss + (1 - b.lam) * loss2
+                hits += augment.mixup_accuracy(logits.detach(), b.y, b.y2, b.lam)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -344,10 +374,10 @@ def train_epoch(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            loss_sum += loss.detach().double() * len(idx)
+            loss_sum += loss.detach().double() * len(b.y)
             # reading the loss syncs with the device: only now and then, for the eye
             advance(1, (lambda loss=loss: f"loss {loss.item():.3f}") if step % 50 == 0 else None)
-    return loss_sum.item() / n, hits.item() / n
+    return loss_sum.item() / len(d.train_x), hits.item() / len(d.train_x)
 
 
 # ---------------------------------------------------------------- one run
@@ -373,13 +403,7 @@ def train(
     d = device_data(cifar, config, ex.device)
     model = build_model(config, ex)
     step_model: nn.Module = torch.compile(model) if ex.compile else model  # type: ignore[assignment]
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = build_optimizer(config, model)
     scaler = torch.amp.GradScaler(ex.device.type) if ex.dtype == torch.float16 else None
 
     ckpt_path = run_dir / "checkpoint.pt"
@@ -412,7 +436,7 @@ def train(
             log(f"[red]{run_dir.name}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
             return finish(run_dir, config, ex, model, rows, "diverged", seconds_before, epoch + 1)
         val = evaluate_arrays(
-            model, d.val_x, d.val_y, d.val_coarse, d.mean, d.std, ex, config.eval_batch_size
+            model, d.val_x, d.val_y, d.val_coarse, d.mean, d.std, ex, ex.eval_batch_size
         )
         row = {
             "epoch": epoch + 1,
@@ -536,7 +560,7 @@ def evaluate(
         mean,
         std,
         ex,
-        config.eval_batch_size,
+        ex.eval_batch_size,
     )
     result = {
         "split": split,

@@ -1,0 +1,210 @@
+"""Shared by the benchmarks: where the images come from, hpstudy's own step, timing, memory.
+
+Every timed piece of hpstudy is hpstudy's code (Execution, build_model, build_optimizer,
+device_data, batches, train_epoch, evaluate_arrays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpstudy import data
+from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
+from hpstudy.train import (
+    DeviceData,
+    Execution,
+    batches,
+    build_model,
+    build_optimizer,
+    device_name,
+    load_data,
+    train_epoch,
+)
+
+GIB = 1 << 30
+ARCHIVE_TRAIN_IMAGES = 50_000  # CIFAR-100's train file; split 80/20 as train.split_for does
+ARCHIVE_TEST_IMAGES = 10_000
+TRAIN_RSS_LIMIT = 2 * GIB
+
+
+# ---------------------------------------------------------------- where the images come from
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--root", help="folder holding cifar-100-python/ (the real data)")
+    source.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help=f"N random uint8 images in memory (default without --root: {ARCHIVE_TRAIN_IMAGES})",
+    )
+    p.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip the md5 check of --root"
+    )
+
+
+def load_source(args: argparse.Namespace) -> tuple[data.Cifar100, str]:
+    """The real archive under --root (hpstudy's loader), else random images of the same shape."""
+    if args.root is not None:
+        return load_data(args.root, args.verify), f"{data.resolve_root(args.root)}"
+    n = args.synthetic or ARCHIVE_TRAIN_IMAGES
+    if n < 10:
+        raise HpstudyError(f"--synthetic: need at least 10 images (got {n})")
+    return synthetic_cifar(n), f"synthetic ({n} random images)"
+
+
+def synthetic_cifar(n: int, seed: int = 0) -> data.Cifar100:
+    gen = torch.Generator().manual_seed(seed)
+
+    def split(k: int) -> data.Split:
+        images = torch.randint(0, 256, (k, 3, 32, 32), dtype=torch.uint8, generator=gen)
+        fine = torch.randint(0, 100, (k,), generator=gen)
+        return data.Split(images=images, fine=fine, coarse=fine // 5)
+
+    return data.Cifar100(
+        train=split(n),
+        test=split(max(1, n // 5)),
+        fine_names=[f"class {i}" for i in range(100)],
+        coarse_names=[f"superclass {i}" for i in range(20)],
+    )
+
+
+def train_split_size(cifar: data.Cifar100) -> int:
+    return int(0.8 * len(cifar.train.fine))
+
+
+# ---------------------------------------------------------------- hpstudy's step
+
+
+@dataclass
+class Step:
+    """What hpstudy.train.train builds before its epoch loop, for one configuration."""
+
+    config: RunConfig
+    ex: Execution
+    model: nn.Module
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+
+
+def build_step(config: RunConfig) -> Step:
+    ex = Execution.resolve(config)
+    model = build_model(config, ex)
+    step_model = torch.compile(model) if ex.compile else model
+    optimizer = build_optimizer(config, model)
+    scaler = torch.amp.GradScaler(ex.device.type) if ex.dtype == torch.float16 else None
+    return Step(config, ex, model, step_model, optimizer, scaler)  # type: ignore[arg-type]
+
+
+def head(d: DeviceData, images: int) -> DeviceData:
+    """The first `images` train images of `d`: train_epoch over it is that many images' epoch."""
+    return replace(d, train_x=d.train_x[:images], train_y=d.train_y[:images])
+
+
+def val_head(d: DeviceData, images: int) -> DeviceData:
+    return replace(
+        d, val_x=d.val_x[:images], val_y=d.val_y[:images], val_coarse=d.val_coarse[:images]
+    )
+
+
+def time_epoch(s: Step, d: DeviceData, epoch: int) -> float:
+    """Seconds of hpstudy's own train_epoch over all of d's train images."""
+    sync(s.ex.device)
+    t0 = time.perf_counter()
+    train_epoch(s.model, s.step_model, s.optimizer, s.scaler, d, s.config, s.ex, epoch, False)
+    sync(s.ex.device)
+    return time.perf_counter() - t0
+
+
+def time_data_part(s: Step, d: DeviceData, epoch: int) -> float:
+    """Seconds of train_epoch's data part alone (gather, flip_crop, normalize, mixup):
+    the same `batches` generator it trains on, so the same draws."""
+    sync(s.ex.device)
+    t0 = time.perf_counter()
+    for _ in batches(d, s.config, s.ex, epoch):
+        pass
+    sync(s.ex.device)
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- timing and memory
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
+    kib = resource.getrusage(who).ru_maxrss
+    return kib if sys.platform == "darwin" else kib * 1024  # macOS says bytes, Linux KiB
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def train_peak_rss(root: str, verify: bool, device: str, limit_val: int = 512) -> dict[str, Any]:
+    """Peak RSS of `hpstudy train` on the real data: one short epoch, the whole split loaded.
+
+    Evaluation holds one eval batch (1,024) of activations: a `limit_val` below it
+    measures a smaller batch than a real run evaluates.
+    """
+    with tempfile.TemporaryDirectory(prefix="hpstudy-rss-") as tmp:
+        args = ["train", "--root", root, *([] if verify else ["--no-verify"])]
+        args += ["--epochs", "1", "--limit-train", "2048", "--limit-val", str(limit_val)]
+        args += ["--device", device, "--out", str(Path(tmp) / "run")]
+        with open(Path(tmp) / "stderr", "w+") as err:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hpstudy", *args], stdout=subprocess.DEVNULL, stderr=err
+            )
+            # wait4 gives this child's own rusage, whatever else this process has run
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                err.seek(0)
+                tail = err.read().strip().splitlines()[-1:] or ["(no output)"]
+                raise HpstudyError(f"hpstudy train failed ({proc.returncode}): {tail[0]}")
+    kib = usage.ru_maxrss
+    rss = kib if sys.platform == "darwin" else kib * 1024
+    return {
+        "command": "hpstudy " + " ".join([*args[:-1], "TMP"]),
+        "peak_rss_bytes": rss,
+        "seconds": seconds,
+        "limit_bytes": TRAIN_RSS_LIMIT,
+        "met": rss <= TRAIN_RSS_LIMIT,
+    }
