@@ -7,6 +7,7 @@ device_data, batches, train_epoch, evaluate_arrays).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,21 @@ def train_peak_rss(root: str, verify: bool, device: str, limit_val: int = 512) -
         "limit_bytes": TRAIN_RSS_LIMIT,
         "met": rss <= TRAIN_RSS_LIMIT,
     }
+
+
+def run_and_print(
+    args: argparse.Namespace,
+    compute: Callable[[argparse.Namespace], dict[str, Any]],
+    show: Callable[[dict[str, Any]], None],
+) -> int:
+    """A benchmark's main: one JSON object with --json, a table otherwise, one-line errors."""
+    try:
+        result = compute(args)
+    except HpstudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        show(result)
+    return 0

@@ -12,7 +12,6 @@ plus the final test evaluation of each seed.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from _common import (
     environment,
     head,
     load_source,
+    run_and_print,
     sync,
     time_epoch,
     train_split_size,
@@ -220,17 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-batches", type=int, help="measured eval batches (cpu 3, cuda 10)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_data_options(p)
-    args = p.parse_args(argv)
-    try:
-        result = predict(args)
-    except HpstudyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        show(result)
-    return 0
+    return run_and_print(p.parse_args(argv), predict, show)
 
 
 if __name__ == "__main__":

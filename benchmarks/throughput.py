@@ -10,7 +10,6 @@ one process, their repeats interleaved so drift in the machine's load hits both 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from _common import (
     head,
     load_source,
     peak_rss_bytes,
+    run_and_print,
     spread,
     sync,
     time_data_part,
@@ -341,17 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_data_options(p)
-    args = p.parse_args(argv)
-    try:
-        result = measure(args)
-    except HpstudyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        show(result)
-    return 0
+    return run_and_print(p.parse_args(argv), measure, show)
 
 
 if __name__ == "__main__":
