@@ -228,3 +228,13 @@ def run_and_print(
     else:
         show(result)
     return 0
+
+
+def given_or_default(
+    args: argparse.Namespace, names: tuple[str, ...], defaults: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Each option as the user gave it, else the device's default."""
+    return tuple(
+        d if getattr(args, n) is None else getattr(args, n)
+        for n, d in zip(names, defaults, strict=True)
+    )

@@ -26,6 +26,7 @@ from _common import (
     add_data_options,
     build_step,
     environment,
+    given_or_default,
     head,
     load_source,
     run_and_print,
@@ -109,11 +110,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     env = environment(device)  # the load average before this run adds to it
     study = load_study(args.study)
-    steps, warmup, eval_batches = (
-        given if given is not None else default
-        for given, default in zip(
-            (args.steps, args.warmup, args.eval_batches), DEFAULTS[device.type], strict=True
-        )
+    steps, warmup, eval_batches = given_or_default(
+        args, ("steps", "warmup", "eval_batches"), DEFAULTS[device.type]
     )
     if steps < 1 or eval_batches < 1 or warmup < 0:
         raise HpstudyError("--steps and --eval-batches must be >= 1, --warmup >= 0")

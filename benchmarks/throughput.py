@@ -24,6 +24,7 @@ from _common import (
     add_data_options,
     build_step,
     environment,
+    given_or_default,
     head,
     load_source,
     peak_rss_bytes,
@@ -151,11 +152,8 @@ def variant_name(s: Step, first: bool) -> str:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     env = environment(device)  # the load average before this run adds to it
-    steps, repeats, warmup = (
-        given if given is not None else default
-        for given, default in zip(
-            (args.steps, args.repeats, args.warmup), DEFAULTS[device.type], strict=True
-        )
+    steps, repeats, warmup = given_or_default(
+        args, ("steps", "repeats", "warmup"), DEFAULTS[device.type]
     )
     if steps < 1 or repeats < 1 or warmup < 0:
         raise HpstudyError("--steps and --repeats must be >= 1, --warmup >= 0")
