@@ -28,6 +28,16 @@ from hpstudy.config import RunConfig, format_validation_error, make_run_config
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job, make_executor
 from hpstudy.progress import log
+from hpstudy.report import write_report
+from hpstudy.train import (
+    DONE_STATES,
+    evaluate,
+    load_data,
+    read_json,
+    read_metrics,
+    read_summary,
+    write_json,
+)
 
 BUDGETS = ("full", "short", "smoke")
 SMOKE_LIMITS = {"limit_train": 2048, "limit_val": 512}
@@ -189,8 +199,6 @@ def summarise(xs: list[float]) -> dict[str, float]:
 
 
 def run_state(out: Path, run_dir: Path) -> dict[str, Any]:
-    from hpstudy.train import read_summary
-
     summary = read_summary(run_dir) or {}
     return {
         "status": summary.get("status", "pending"),
@@ -265,8 +273,6 @@ def study_identity(study: StudyConfig, budget: str) -> tuple[dict[str, Any], str
 
 
 def claim_folder(out: Path, study: StudyConfig, budget: str) -> None:
-    from hpstudy.train import read_json, write_json
-
     identity, digest = study_identity(study, budget)
     path = out / "study.json"
     if path.exists():
@@ -283,8 +289,6 @@ def claim_folder(out: Path, study: StudyConfig, budget: str) -> None:
 
 def data_summary(root: str | None, verify: bool, split_seed: int) -> dict[str, Any]:
     """What the report says of the data: sizes, statistics, split fingerprint, Figure 1."""
-    from hpstudy.train import load_data
-
     info = data.split_info(load_data(root, verify), split_seed)
     return {"root": str(data.resolve_root(root)), **info}
 
@@ -318,8 +322,6 @@ def run_study(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study; returns state.json's dict. Writes the report at the end."""
-    from hpstudy.train import read_json, write_json
-
     if budget not in BUDGETS:
         raise HpstudyError(f"budget: must be one of {', '.join(BUDGETS)} (got {budget!r})")
     study = load_study(spec)
@@ -377,8 +379,6 @@ def run_study(
     state["environment"] = environment(state["final"]["device"])
     state["wall_seconds_this_invocation"] = time.perf_counter() - started
     write_json(state_path, state)
-    from hpstudy.report import write_report
-
     report = write_report(out)
     log(
         f"study {study.name} ({budget}) finished: test top-1 "
@@ -410,7 +410,7 @@ def expand_stage(
             seen.add(run_hash)
             runs.append({"seed": seed, "run_hash": run_hash, "reused": reused})
             run_dir = out / "runs" / run_hash
-            if not reused and run_state(out, run_dir)["status"] not in ("finished", "diverged"):
+            if not reused and run_state(out, run_dir)["status"] not in DONE_STATES:
                 jobs.append(Job(config, run_dir, f"{stage.name} / {label} / seed {seed}"))
         published = stage.published.get(label)
         settings.append(
@@ -465,8 +465,6 @@ def final_evaluation(
     out: Path, study: StudyConfig, state: dict[str, Any], options: DataOptions, device: str | None
 ) -> dict[str, Any]:
     """The winner of the last stage, every seed, evaluated on test exactly once."""
-    from hpstudy.train import evaluate, read_json, read_summary
-
     last = state["stages"][-1]
     winner = last["settings"][last["winner"]]
     runs = []
@@ -506,8 +504,6 @@ def final_evaluation(
 
 
 def status_text(out: Path) -> str:
-    from hpstudy.train import read_json, read_metrics
-
     state_path = Path(out) / "state.json"
     if not state_path.exists():
         raise HpstudyError(f"{out}: not a study folder (no state.json)")

@@ -154,17 +154,16 @@ def load_data(root: str | Path | None, verify: bool) -> data.Cifar100:
 
 
 def split_for(config: RunConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 80/20 train/val split of SPEC §1, each part cut to the config's limit."""
-    train_idx, val_idx = data.split_indices(n, n - int(0.8 * n), config.split_seed)
-    return train_idx[: config.limit_train], val_idx[: config.limit_val]
+    """The whole 80/20 train/val split of SPEC §1 (limits are applied by the caller)."""
+    return data.split_indices(n, n - int(0.8 * n), config.split_seed)
 
 
 def device_data(cifar: data.Cifar100, config: RunConfig, device: torch.device) -> DeviceData:
     images, fine, coarse = cifar.train.images, cifar.train.fine, cifar.train.coarse
+    train_all, val_all = split_for(config, len(fine))
     # statistics of the whole train split, as the report computes them, whatever the limit
-    full_train_idx, _ = split_for(config.model_copy(update={"limit_train": None}), len(fine))
-    mean, std = data.channel_stats(images, full_train_idx)
-    train_idx, val_idx = split_for(config, len(fine))
+    mean, std = data.channel_stats(images, train_all)
+    train_idx, val_idx = train_all[: config.limit_train], val_all[: config.limit_val]
     return DeviceData(
         train_x=images[train_idx].to(device),
         train_y=fine[train_idx].to(device),
@@ -408,7 +407,7 @@ def train(
 
     ckpt_path = run_dir / "checkpoint.pt"
     rows: list[dict[str, float]] = []
-    start_epoch, seconds_before = 0, 0.0
+    start_epoch = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, ex.device)
         model.load_state_dict(ckpt["model"])
@@ -417,7 +416,6 @@ def train(
             scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         rows, start_epoch = ckpt["rows"], ckpt["epoch"]
-        seconds_before = sum(r["seconds"] for r in rows)
         log(f"[dim]{run_dir.name}: resuming after epoch {start_epoch}/{config.epochs}[/dim]")
     write_metrics(run_dir / "metrics.csv", rows)
 
@@ -434,7 +432,7 @@ def train(
         train_seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and math.isfinite(train_acc)):
             log(f"[red]{run_dir.name}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
-            return finish(run_dir, config, ex, model, rows, "diverged", seconds_before, epoch + 1)
+            return finish(run_dir, config, ex, model, rows, "diverged", epoch + 1)
         val = evaluate_arrays(
             model, d.val_x, d.val_y, d.val_coarse, d.mean, d.std, ex, ex.eval_batch_size
         )
@@ -470,7 +468,7 @@ def train(
             f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "
             f"({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)"
         )
-    return finish(run_dir, config, ex, model, rows, "finished", seconds_before, config.epochs)
+    return finish(run_dir, config, ex, model, rows, "finished", config.epochs)
 
 
 def finish(
@@ -480,7 +478,6 @@ def finish(
     model: nn.Module,
     rows: list[dict[str, float]],
     status: str,
-    seconds_before: float,
     epochs_done: int,
 ) -> dict[str, Any]:
     summary = {
@@ -488,7 +485,7 @@ def finish(
         "run_hash": config.run_hash(),
         "epochs_done": epochs_done,
         "final": rows[-1] if rows and status == "finished" else None,
-        "train_seconds": sum(r["seconds"] for r in rows) if rows else seconds_before,
+        "train_seconds": sum(r["seconds"] for r in rows),
         "parameters": count_parameters(model),
         "macs_per_image": count_macs(model),
         "device": str(ex.device),
@@ -549,7 +546,8 @@ def evaluate(
         part = cifar.test
         images, fine, coarse = part.images, part.fine, part.coarse
     else:
-        _, val_idx = split_for(config, len(cifar.train.fine))
+        _, val_all = split_for(config, len(cifar.train.fine))
+        val_idx = val_all[: config.limit_val]
         part = cifar.train
         images, fine, coarse = part.images[val_idx], part.fine[val_idx], part.coarse[val_idx]
     result = evaluate_arrays(

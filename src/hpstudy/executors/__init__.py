@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
+from hpstudy.progress import log
+from hpstudy.train import train, write_json
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,9 @@ class Executor(Protocol):
 
 def run_job(job: Job, options: DataOptions, device: str | None = None) -> dict[str, Any]:
     """Train one job; a failure is recorded in its run directory, never raised."""
-    from hpstudy import train as training
-
     config = job.config if device is None else job.config.model_copy(update={"device": device})
     try:
-        return training.train(config, job.run_dir, root=options.root, verify=options.verify)
+        return train(config, job.run_dir, root=options.root, verify=options.verify)
     except KeyboardInterrupt:
         raise
     except Exception as err:  # any failure of one run must not stop the others
@@ -51,14 +51,12 @@ def run_job(job: Job, options: DataOptions, device: str | None = None) -> dict[s
 
 
 def record_failure(job: Job, message: str, details: str = "") -> dict[str, Any]:
-    from hpstudy import train as training
-
     job.run_dir.mkdir(parents=True, exist_ok=True)
     summary = {"status": "failed", "error": message, "run_hash": job.config.run_hash()}
-    training.write_json(job.run_dir / "summary.json", summary)
+    write_json(job.run_dir / "summary.json", summary)
     if details:
         (job.run_dir / "error.log").write_text(details)
-    training.log(f"[red]{job.label or job.run_dir.name}: failed: {message}[/red]")
+    log(f"[red]{job.label or job.run_dir.name}: failed: {message}[/red]")
     return summary
 
 
