@@ -1,7 +1,7 @@
 """Shared by the benchmarks: where the images come from, hpstudy's own step, timing, memory.
 
-Every timed piece of hpstudy is hpstudy's code (Execution, build_model, build_optimizer,
-device_data, batches, train_epoch, evaluate_arrays).
+Every timed piece of hpstudy is hpstudy's own code, reached through its public API only
+(hpstudy.run: Execution, Trainer, DeviceData, device_data, batches, RunDir; hpstudy.study.Plan).
 """
 
 from __future__ import annotations
@@ -16,29 +16,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from hpstudy import data
-from hpstudy.config import RunConfig
+from hpstudy import constants, data
 from hpstudy.errors import HpstudyError
-from hpstudy.train import (
-    DeviceData,
-    Execution,
-    batches,
-    build_model,
-    build_optimizer,
-    device_name,
-    load_data,
-    train_epoch,
-)
+from hpstudy.run import DeviceData, Trainer, batches, device_name, load_data
 
 GIB = 1 << 30
-ARCHIVE_TRAIN_IMAGES = 50_000  # CIFAR-100's train file; split 80/20 as train.split_for does
+ARCHIVE_TRAIN_IMAGES = 50_000  # CIFAR-100's train file; split as data.train_val_split does
 ARCHIVE_TEST_IMAGES = 10_000
 TRAIN_RSS_LIMIT = 2 * GIB
 
@@ -74,74 +62,46 @@ def synthetic_cifar(n: int, seed: int = 0) -> data.Cifar100:
     gen = torch.Generator().manual_seed(seed)
 
     def split(k: int) -> data.Split:
-        images = torch.randint(0, 256, (k, 3, 32, 32), dtype=torch.uint8, generator=gen)
-        fine = torch.randint(0, 100, (k,), generator=gen)
-        return data.Split(images=images, fine=fine, coarse=fine // 5)
+        shape = (k, *constants.IMAGE_SHAPE)
+        images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+        fine = torch.randint(0, constants.NUM_CLASSES, (k,), generator=gen)
+        per_superclass = constants.NUM_CLASSES // constants.NUM_SUPERCLASSES
+        return data.Split(images=images, fine=fine, coarse=fine // per_superclass)
 
     return data.Cifar100(
         train=split(n),
-        test=split(max(1, n // 5)),
-        fine_names=[f"class {i}" for i in range(100)],
-        coarse_names=[f"superclass {i}" for i in range(20)],
+        test=split(max(1, n * ARCHIVE_TEST_IMAGES // ARCHIVE_TRAIN_IMAGES)),  # the archive's ratio
+        fine_names=[f"class {i}" for i in range(constants.NUM_CLASSES)],
+        coarse_names=[f"superclass {i}" for i in range(constants.NUM_SUPERCLASSES)],
     )
 
 
 def train_split_size(cifar: data.Cifar100) -> int:
-    return int(0.8 * len(cifar.train.fine))
+    """Images in the train side of `cifar`'s train/val split (hpstudy's own val_size)."""
+    n = len(cifar.train.fine)
+    return n - constants.val_size(n)
 
 
 # ---------------------------------------------------------------- hpstudy's step
 
 
-@dataclass
-class Step:
-    """What hpstudy.train.train builds before its epoch loop, for one configuration."""
-
-    config: RunConfig
-    ex: Execution
-    model: nn.Module
-    step_model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-
-
-def build_step(config: RunConfig) -> Step:
-    ex = Execution.resolve(config)
-    model = build_model(config, ex)
-    step_model = torch.compile(model) if ex.compile else model
-    optimizer = build_optimizer(config, model)
-    scaler = torch.amp.GradScaler(ex.device.type) if ex.dtype == torch.float16 else None
-    return Step(config, ex, model, step_model, optimizer, scaler)  # type: ignore[arg-type]
-
-
-def head(d: DeviceData, images: int) -> DeviceData:
-    """The first `images` train images of `d`: train_epoch over it is that many images' epoch."""
-    return replace(d, train_x=d.train_x[:images], train_y=d.train_y[:images])
-
-
-def val_head(d: DeviceData, images: int) -> DeviceData:
-    return replace(
-        d, val_x=d.val_x[:images], val_y=d.val_y[:images], val_coarse=d.val_coarse[:images]
-    )
-
-
-def time_epoch(s: Step, d: DeviceData, epoch: int) -> float:
-    """Seconds of hpstudy's own train_epoch over all of d's train images."""
-    sync(s.ex.device)
+def time_epoch(trainer: Trainer, d: DeviceData, epoch: int) -> float:
+    """Seconds of hpstudy's own Trainer.train_epoch over all of d's train images."""
+    trainer.ex.sync()
     t0 = time.perf_counter()
-    train_epoch(s.model, s.step_model, s.optimizer, s.scaler, d, s.config, s.ex, epoch, False)
-    sync(s.ex.device)
+    trainer.train_epoch(d, epoch, False)
+    trainer.ex.sync()
     return time.perf_counter() - t0
 
 
-def time_data_part(s: Step, d: DeviceData, epoch: int) -> float:
+def time_data_part(trainer: Trainer, d: DeviceData, epoch: int) -> float:
     """Seconds of train_epoch's data part alone (gather, flip_crop, normalize, mixup):
     the same `batches` generator it trains on, so the same draws."""
-    sync(s.ex.device)
+    trainer.ex.sync()
     t0 = time.perf_counter()
-    for _ in batches(d, s.config, s.ex, epoch):
+    for _ in batches(d, trainer.config, trainer.ex, epoch):
         pass
-    sync(s.ex.device)
+    trainer.ex.sync()
     return time.perf_counter() - t0
 
 
@@ -149,6 +109,7 @@ def time_data_part(s: Step, d: DeviceData, epoch: int) -> float:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for `device` (the baseline's side; hpstudy's side uses Execution.sync)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -1,7 +1,7 @@
 """Predict the wall time of a study (default: seed-report at the full budget) on this device.
 
-Measures hpstudy's train step (train_epoch) and evaluation (evaluate_arrays at the eval
-batch) for a few batches, then adds up every distinct run of the study:
+Measures hpstudy's train step (Trainer.train_epoch) and evaluation (Trainer.evaluate at the
+eval batch) for a few batches, then adds up every distinct run of the study (Plan.distinct_runs):
 epochs x (train images / train rate + val images / eval rate + checkpoint write),
 plus the final test evaluation of each seed.
 
@@ -16,37 +16,25 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from _common import (
     ARCHIVE_TEST_IMAGES,
     ARCHIVE_TRAIN_IMAGES,
-    Step,
     add_data_options,
-    build_step,
     environment,
     given_or_default,
-    head,
     load_source,
     run_and_print,
-    sync,
     time_epoch,
     train_split_size,
-    val_head,
 )
 
 from hpstudy.config import RunConfig
+from hpstudy.constants import val_size
 from hpstudy.errors import HpstudyError
-from hpstudy.study import StudyConfig, load_study, stage_config
-from hpstudy.train import (
-    DeviceData,
-    Execution,
-    device_data,
-    evaluate_arrays,
-    resolve_device,
-    save_checkpoint,
-)
+from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_data, resolve_device
+from hpstudy.study import Plan, load_study
 
 DEFAULTS = {"cpu": (50, 2, 3), "cuda": (300, 30, 10)}  # train steps, warm-up steps, eval batches
 TARGET_HOURS_GPU = 1.5
@@ -55,53 +43,35 @@ TARGET_HOURS_GPU = 1.5
 # ---------------------------------------------------------------- the study's runs
 
 
-def distinct_runs(study: StudyConfig, budget: str) -> list[RunConfig]:
-    """Every run the study trains, once each (a reused configuration is not trained again).
-
-    Winners are the published ones where the study names them, else each stage's first
-    value; which setting wins does not change how many epochs the study trains.
-    """
-    runs: dict[str, RunConfig] = {}
-    for seed in study.seeds:
-        winners: dict[str, Any] = {}
-        for stage in study.stages:
-            for value in stage.values:
-                config = stage_config(study, stage, value, winners, seed, budget)
-                runs.setdefault(config.run_hash(), config)
-            labels = [stage.label(i) for i in range(len(stage.values))]
-            pick = labels.index(stage.published_winner) if stage.published_winner in labels else 0
-            winners[stage.field] = stage.values[pick]
-    return list(runs.values())
-
-
 def split_sizes(config: RunConfig) -> tuple[int, int]:
     """Train and val images of one epoch of `config` on the real archive."""
-    train = int(0.8 * ARCHIVE_TRAIN_IMAGES)
-    val = ARCHIVE_TRAIN_IMAGES - train
+    val = val_size(ARCHIVE_TRAIN_IMAGES)
+    train = ARCHIVE_TRAIN_IMAGES - val
     return min(train, config.limit_train or train), min(val, config.limit_val or val)
 
 
 # ---------------------------------------------------------------- measurements
 
 
-def eval_seconds(s: Step, d: DeviceData) -> float:
-    sync(s.ex.device)
+def eval_seconds(trainer: Trainer, d: DeviceData) -> float:
+    """Seconds of Trainer.evaluate (evaluate_arrays at the eval batch) over d's val images."""
+    trainer.ex.sync()
     t0 = time.perf_counter()
-    evaluate_arrays(
-        s.model, d.val_x, d.val_y, d.val_coarse, d.mean, d.std, s.ex, s.ex.eval_batch_size
-    )
-    sync(s.ex.device)
+    trainer.evaluate(d)
+    trainer.ex.sync()
     return time.perf_counter() - t0
 
 
-def checkpoint_seconds(s: Step, repeats: int = 3) -> float:
-    """One epoch's checkpoint.pt write (model + optimizer state, fsync'd), as train writes it."""
-    state = {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict()}
+def checkpoint_seconds(trainer: Trainer, repeats: int = 3) -> float:
+    """One epoch's checkpoint.pt write (the trainer's state: model, optimizer, scaler, RNG;
+    atomic and fsync'd), as train writes it through RunDir.save_checkpoint."""
+    state = trainer.state()
     times = []
     with tempfile.TemporaryDirectory(prefix="hpstudy-ckpt-") as tmp:
+        run = RunDir(tmp)
         for _ in range(repeats):
             t0 = time.perf_counter()
-            save_checkpoint(Path(tmp) / "checkpoint.pt", state)
+            run.save_checkpoint(state)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -109,13 +79,14 @@ def checkpoint_seconds(s: Step, repeats: int = 3) -> float:
 def predict(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     env = environment(device)  # the load average before this run adds to it
-    study = load_study(args.study)
+    plan = Plan(load_study(args.study), args.budget, device.type)
+    study = plan.study
     steps, warmup, eval_batches = given_or_default(
         args, ("steps", "warmup", "eval_batches"), DEFAULTS[device.type]
     )
     if steps < 1 or eval_batches < 1 or warmup < 0:
         raise HpstudyError("--steps and --eval-batches must be >= 1, --warmup >= 0")
-    base = RunConfig(**study.base)
+    base = plan.config_for_base()
     train_n = max(steps, warmup) * base.batch_size
     eval_batch = Execution.resolve(base.model_copy(update={"device": str(device)})).eval_batch_size
     val_n = eval_batches * eval_batch
@@ -129,19 +100,20 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         update={"device": str(device), "limit_train": train_n, "limit_val": val_n}
     )
     d = device_data(cifar, config, device)
-    s = build_step(config)
+    trainer = Trainer.create(config)
 
     log(f"train: {warmup} warm-up + {steps} measured steps of batch {base.batch_size}")
     if warmup:
-        time_epoch(s, head(d, warmup * base.batch_size), epoch=10_000)
-    train_rate = steps * base.batch_size / time_epoch(s, head(d, steps * base.batch_size), epoch=0)
-    log(f"eval: 1 warm-up + {eval_batches} measured batches of {s.ex.eval_batch_size}")
-    eval_seconds(s, val_head(d, s.ex.eval_batch_size))
-    eval_rate = val_n / eval_seconds(s, d)
-    ckpt = checkpoint_seconds(s)
+        time_epoch(trainer, d.head(train=warmup * base.batch_size), epoch=10_000)
+    measured = steps * base.batch_size
+    train_rate = measured / time_epoch(trainer, d.head(train=measured), epoch=0)
+    log(f"eval: 1 warm-up + {eval_batches} measured batches of {trainer.ex.eval_batch_size}")
+    eval_seconds(trainer, d.head(val=trainer.ex.eval_batch_size))
+    eval_rate = val_n / eval_seconds(trainer, d)
+    ckpt = checkpoint_seconds(trainer)
 
     runs = []
-    for run in distinct_runs(study, args.budget):
+    for run in plan.distinct_runs():
         train_images, val_images = split_sizes(run)
         epoch = train_images / train_rate + val_images / eval_rate + ckpt
         runs.append(
@@ -159,12 +131,12 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         "data": source,
         "study": study.name,
         "budget": args.budget,
-        "precision": s.ex.precision,
-        "channels_last": s.ex.channels_last,
-        "compile": s.ex.compile,
+        "precision": trainer.ex.precision,
+        "channels_last": trainer.ex.channels_last,
+        "compile": trainer.ex.compile,
         "width": base.width,
         "batch_size": base.batch_size,
-        "eval_batch_size": s.ex.eval_batch_size,
+        "eval_batch_size": trainer.ex.eval_batch_size,
         "train_images_per_s": train_rate,
         "eval_images_per_s": eval_rate,
         "checkpoint_seconds": ckpt,

@@ -20,12 +20,9 @@ import torch
 import torch.nn.functional as F
 from _common import (
     TRAIN_RSS_LIMIT,
-    Step,
     add_data_options,
-    build_step,
     environment,
     given_or_default,
-    head,
     load_source,
     peak_rss_bytes,
     run_and_print,
@@ -39,9 +36,10 @@ from _common import (
 from torch.utils.data import DataLoader, Dataset
 
 from hpstudy.config import RunConfig
+from hpstudy.constants import NUM_CLASSES
 from hpstudy.errors import HpstudyError
 from hpstudy.models import create_model
-from hpstudy.train import DeviceData, Execution, device_data, resolve_device
+from hpstudy.run import DeviceData, Execution, Trainer, device_data, resolve_device
 
 # what the issue asks of hpstudy's default step, per device type
 TARGET_RATIO = {"cpu": 1.15, "cuda": 5.0}
@@ -94,7 +92,7 @@ class Baseline:
             pin_memory=self.device.type == "cuda",
         )
         torch.manual_seed(0)
-        self.model = create_model("mobilenet", 100, width).to(self.device)
+        self.model = create_model("mobilenet", NUM_CLASSES, width).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
 
     def run(self, steps: int) -> float:
@@ -119,7 +117,7 @@ class Baseline:
 @dataclass
 class Variant:
     name: str
-    step: Step
+    trainer: Trainer
     seconds: list[float] = field(default_factory=list)
     data_seconds: list[float] = field(default_factory=list)
     peak_device_bytes: int = 0
@@ -139,8 +137,8 @@ def variant_configs(
     return configs
 
 
-def variant_name(s: Step, first: bool) -> str:
-    ex = s.ex
+def variant_name(trainer: Trainer, first: bool) -> str:
+    ex = trainer.ex
     parts = [ex.precision, "channels_last" if ex.channels_last else "NCHW"]
     parts += ["compile"] if ex.compile else []
     return "hpstudy " + ", ".join(parts) + (" (default)" if first else "")
@@ -182,18 +180,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         limit_val=1,
     )
     d = device_data(cifar, base, device)
-    d_warm = head(d, warmup * args.batch_size)
+    d_warm = d.head(train=warmup * args.batch_size)
 
     baseline = Baseline(d, args.width, args.batch_size, args.workers, base.lr)
     variants = [
-        Variant(variant_name(s, i == 0), s)
-        for i, s in enumerate(build_step(c) for c in variant_configs(base, device, args))
+        Variant(variant_name(t, i == 0), t)
+        for i, t in enumerate(Trainer.create(c) for c in variant_configs(base, device, args))
     ]
     if warmup:
         log(f"warm-up: {warmup} steps per side")
         baseline.run(warmup)
         for v in variants:
-            time_epoch(v.step, d_warm, epoch=10_000)
+            time_epoch(v.trainer, d_warm, epoch=10_000)
 
     base_seconds: list[float] = []
     base_peak = 0
@@ -206,9 +204,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 base_seconds.append(side.run(steps))
                 base_peak = max(base_peak, peak_device(device))
             else:
-                side.seconds.append(time_epoch(side.step, d, epoch=r))
+                side.seconds.append(time_epoch(side.trainer, d, epoch=r))
                 side.peak_device_bytes = max(side.peak_device_bytes, peak_device(device))
-                side.data_seconds.append(time_data_part(side.step, d, epoch=r))
+                side.data_seconds.append(time_data_part(side.trainer, d, epoch=r))
         log(
             f"repeat {r + 1}/{repeats}: baseline {images / base_seconds[-1]:.1f} img/s, "
             + ", ".join(f"{v.name} {images / v.seconds[-1]:.1f}" for v in variants)
@@ -222,9 +220,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         results.append(
             {
                 "name": v.name,
-                "precision": v.step.ex.precision,
-                "channels_last": v.step.ex.channels_last,
-                "compile": v.step.ex.compile,
+                "precision": v.trainer.ex.precision,
+                "channels_last": v.trainer.ex.channels_last,
+                "compile": v.trainer.ex.compile,
                 "images_per_s": rate,
                 "ratio": rate["median"] / base_rate["median"],
                 "ratio_per_repeat": [b / s for b, s in zip(base_seconds, v.seconds, strict=True)],

@@ -52,6 +52,7 @@ def write_cifar100(
     n_test: int = 100,
     classes: int = 100,
     seed: int = 0,
+    noise: int = 40,
 ) -> Path:
     """Write ROOT/cifar-100-python/{train,test,meta}; labels cycle over `classes` classes."""
     out = Path(root) / "cifar-100-python"
@@ -59,7 +60,7 @@ def write_cifar100(
     rng = np.random.default_rng(seed)
     for name, n in (("train", n_train), ("test", n_test)):
         fine = rng.permutation(np.arange(n) % classes)
-        data = class_images(fine, rng).reshape(n, 3072)
+        data = class_images(fine, rng, noise).reshape(n, 3072)
         batch = {
             b"filenames": [b"synthetic_%s_%05d.png" % (name.encode(), i) for i in range(n)],
             b"batch_label": b"synthetic batch 1 of 1",

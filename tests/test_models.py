@@ -71,15 +71,34 @@ def test_count_macs_restores_training_mode():
     assert not m.training
 
 
-def test_count_macs_removes_hooks():
+def test_count_macs_leaves_the_model_as_it_was():
     m = create_model("mobilenet", width=0.125)
-    count_macs(m)
-    assert all(not mod._forward_hooks for mod in m.modules())
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    first = count_macs(m)
+    # the pass runs in eval mode: BN running statistics are not updated
+    assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    assert torch.is_grad_enabled()
+    assert count_macs(m) == first  # nothing accumulates between calls
 
 
 def test_count_macs_by_hand():
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
     assert count_macs(m) == 8 * 32 * 32 * 3 * 9 + 8 * 32 * 32 * 10
+
+
+def test_count_macs_by_hand_depthwise_strided():
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 1),  # pointwise: 8 x 32 x 32 outputs, 3 inputs each
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),  # depthwise: 8 x 16 x 16, 1 x 3 x 3
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    assert count_macs(m) == 8 * 32 * 32 * 3 + 8 * 16 * 16 * 9 + 10 * 8  # biases, BN, pool: none
+    assert count_macs(m, input_size=(3, 64, 64)) == 4 * (8 * 32 * 32 * 3 + 8 * 16 * 16 * 9) + 80
 
 
 @pytest.mark.parametrize("name", ["mobilenet", "mobilenetv2", "resnet18"])

@@ -21,7 +21,8 @@ from hpstudy import cli
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job, make_executor
 from hpstudy.executors.ray import Task  # importing it does not import Ray
-from hpstudy.study import load_study, run_study, stage_config
+from hpstudy.run import Summary
+from hpstudy.study import Plan, load_study, run_study
 
 STUDY = """
 name = "ray-tiny"
@@ -120,16 +121,17 @@ def kill_once(marker: Path) -> Task:
     module); it imports what it needs itself for the same reason.
     """
 
-    def task(job: Job, options: DataOptions, device: str | None) -> dict[str, Any]:
+    def task(job: Job, options: DataOptions, device: str | None) -> Summary:
         import os
         import signal
 
-        from hpstudy import executors, train
+        from hpstudy import executors
+        from hpstudy.run import RunDir
 
-        save = train.save_checkpoint
+        save = RunDir.save_checkpoint
 
-        def save_then_die(path: Path, state: dict[str, Any]) -> None:
-            save(path, state)
+        def save_then_die(self: RunDir, state: dict[str, Any]) -> None:
+            save(self, state)
             try:  # O_EXCL: only one worker, once, ever dies
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
@@ -138,17 +140,17 @@ def kill_once(marker: Path) -> Task:
             os.close(fd)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        train.save_checkpoint = save_then_die
+        RunDir.save_checkpoint = save_then_die  # type: ignore[method-assign]
         try:
             return executors.run_job(job, options, device)
         finally:
-            train.save_checkpoint = save
+            RunDir.save_checkpoint = save  # type: ignore[method-assign]
 
     return task
 
 
 def die_at_once() -> Task:
-    def task(job: Job, options: DataOptions, device: str | None) -> dict[str, Any]:
+    def task(job: Job, options: DataOptions, device: str | None) -> Summary:
         import os
         import signal
 
@@ -205,7 +207,15 @@ def test_ray_study_through_the_cli_matches_the_local_executor(
     synthetic_root: Path,
     local_outcome: dict[str, Any],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    def driver_must_not(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the driver touched the data: that is the workers' job")
+
+    # the driver may have neither the data nor a GPU: its summary and the final test
+    # evaluation run as Ray tasks (fresh worker processes, where these patches do not reach)
+    monkeypatch.setattr("hpstudy.data.load_cifar100", driver_must_not)
+    monkeypatch.setattr("hpstudy.study.runner.evaluate", driver_must_not)
     out = tmp_path / "study"
     argv = ["study", "run", str(study_file), "--out", str(out), "--executor", "ray"]
     assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 0
@@ -222,7 +232,7 @@ def test_a_task_whose_retries_run_out_is_recorded_as_failed(
 
     monkeypatch.chdir(tmp_path)  # a relative run dir must reach the worker as absolute
     study = load_study_text(tmp_path)
-    config = stage_config(study, study.stages[0], 0.05, {}, 0, "full")
+    config = Plan(study, "full").config(0, 0.05, {}, 0)
     job = Job(config, Path("runs") / config.run_hash(), "lr / 0.05 / seed 0")
     options = DataOptions(root=str(synthetic_root), verify=False)
     RayExecutor(options, max_retries=0, task=die_at_once()).run([job])
@@ -246,7 +256,7 @@ def test_a_task_that_raises_is_recorded_as_failed_and_not_retried(
         raise RuntimeError("boom\nsecond line")
 
     study = load_study_text(tmp_path)
-    config = stage_config(study, study.stages[0], 0.05, {}, 0, "full")
+    config = Plan(study, "full").config(0, 0.05, {}, 0)
     job = Job(config, tmp_path / "run")
     RayExecutor(DataOptions(root=None, verify=True), task=raise_once_per_call).run([job])
     summary = json.loads((job.run_dir / "summary.json").read_text())
@@ -310,7 +320,7 @@ def test_an_unreachable_cluster_is_one_line(
     monkeypatch.setattr(ray_module, "is_initialized", lambda: False)
     monkeypatch.setattr(ray_module, "init", refuse)
     study = load_study_text(tmp_path)
-    config = stage_config(study, study.stages[0], 0.05, {}, 0, "full")
+    config = Plan(study, "full").config(0, 0.05, {}, 0)
     executor = RayExecutor(DataOptions(root=None, verify=True), address="auto")
     with pytest.raises(HpstudyError, match=r"^--address auto: cannot join Ray \(Connection"):
         executor.run([Job(config, tmp_path / "run")])

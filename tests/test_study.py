@@ -17,7 +17,7 @@ from cli_helpers import assert_one_line_error, run_hpstudy
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
 from hpstudy.executors.local import LocalExecutor
-from hpstudy.study import budget_epochs, load_study, run_study, status_text
+from hpstudy.study import Plan, budget_epochs, load_study, run_study, status_text
 
 # seed-report's shape (4 stages, stage 4 "none" = stage 3's winner) at a tiny width
 TINY_STUDY = """
@@ -147,7 +147,8 @@ def test_final_test_evaluation_happens_once_on_the_winner(smoke_study: Path) -> 
         if json.loads((d / "summary.json").read_text())["test_evaluations"]
     ]
     assert [d.name for d in tested] == [final["runs"][0]["run_hash"]]
-    assert final["published_test_top1"] == 0.697
+    assert final["runs"][0]["test_evaluations"] == 1
+    assert state["report"]["published_test_top1"] == 0.697
 
 
 def test_rerunning_a_finished_study_does_nothing(smoke_study: Path, synthetic_root: Path) -> None:
@@ -181,7 +182,12 @@ def test_tiny_study_picks_on_mean_over_seeds(tiny_study: Path) -> None:
         assert means[stage["winner"]] == max(means)
         for setting in stage["settings"]:
             assert setting["final"]["val_acc"]["n"] == 2
-        assert stage["spread"] is not None and "seed" in stage["verdict"]
+        assert stage["spread"] is not None
+        # a tie is reported as one, with how it was broken; else the margin meets seed noise
+        if stage["tie"]:
+            assert "tie on val_acc" in stage["verdict"] and stage["tie_break"] in stage["verdict"]
+        else:
+            assert "seed" in stage["verdict"] and stage["margin"] > 0
     assert state["final"]["test_top1"]["n"] == 2
 
 
@@ -238,7 +244,7 @@ def test_worker_processes_give_the_same_results(
     pool = LocalExecutor(
         DataOptions(root=str(synthetic_root), verify=False), workers=["cpu", "cpu"]
     )
-    monkeypatch.setattr("hpstudy.study.make_executor", lambda *a, **k: pool)
+    monkeypatch.setattr("hpstudy.study.runner.make_executor", lambda *a, **k: pool)
     run_study(study, out=tmp_path / "pool", root=str(synthetic_root), verify=False)
     assert stage_finals(tmp_path / "pool") == stage_finals(tmp_path / "here")
 
@@ -258,10 +264,13 @@ epochs = 1
 """
     )
     state = run_study(study, out=tmp_path / "out", root=str(synthetic_root), verify=False)
-    runs = state["stages"][0]["settings"][1]["runs"]
-    assert [r["status"] for r in runs] == ["failed", "failed"]
-    assert "no-such-model" in runs[0]["error"]
-    assert state["stages"][0]["winner"] == 0 and state["status"] == "finished"
+    runs = state.stages[0].settings[1].runs
+    assert [r.status for r in runs] == ["failed", "failed"]
+    assert runs[0].error is not None and "no-such-model" in runs[0].error
+    # a study with failed runs is not "finished", and its report says which and why
+    assert state.stages[0].winner == 0 and state.status == "incomplete"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "no-such-model" in report and "Failed runs" in report
 
 
 def test_stage_without_usable_run_stops_with_a_clear_message(
@@ -284,7 +293,8 @@ def test_stage_without_usable_run_stops_with_a_clear_message(
         ('name = "x"\n[base]\nlr = -1\n' + ONE_STAGE, "lr"),
         ('name = "x"\n[[stages]]\nname="a"\nfield="colour"\nvalues=[1]\nepochs=1', "colour"),
         ('name = "x"\n[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs="ten"', "epochs"),
-        ('name = "x"\n[[stages]]\nname="a"\nfield="lr"\nvalues=[-0.1]\nepochs=1', "stages[0]: lr"),
+        ('name = "x"\n[[stages]]\nname="a"\nfield="lr"\nvalues=[-0.1]\nepochs=1',
+         "stage 1 (a), lr = -0.1"),
         ('name = "x"\n[[stages]]\nname="a"\nfield="seed"\nvalues=[1, 2]\nepochs=1', "seed"),
         ('name = "x"\n[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1, 0.1]\nepochs=1', "repeat"),
         ("name = [unclosed", "not valid TOML"),
@@ -294,7 +304,7 @@ def test_malformed_study_files_are_named(tmp_path: Path, text: str, expected: st
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(HpstudyError) as err:
-        load_study(path)
+        Plan(load_study(path), "full").validate()
     message = str(err.value)
     assert str(path) in message and expected in message and "\n" not in message
 

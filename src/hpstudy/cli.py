@@ -1,4 +1,7 @@
-"""The `hpstudy` command (SPEC §4). Every user error ends in one line and exit 1."""
+"""hpstudy: rerun, trust and extend hyperparameter studies (MobileNet on CIFAR-100 and more).
+
+Every error you can cause ends in one line starting `error:` and a non-zero exit.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +67,8 @@ def add_run_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hpstudy.study.plan import BUDGETS
+
     parser = Parser(prog="hpstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -83,10 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="the run directory")
 
     p = sub.add_parser("evaluate", help="evaluate a finished run")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--device", default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run_dir", type=Path, help="the run's folder (holds config.json)")
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="val, or test (recorded in the run's summary.json) (default: val)",
+    )
+    p.add_argument("--device", default=None, help="auto, cpu or cuda[:i] (default: auto)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_data_options(p)
 
     study_p = sub.add_parser("study", help="run, inspect and show studies").add_subparsers(
@@ -94,9 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = study_p.add_parser("run", help="run a study (resumes where it stopped)")
     p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
-    p.add_argument("--out", type=Path, default=None, help="study folder (default: runs/NAME)")
-    p.add_argument("--budget", choices=("full", "short", "smoke"), default="full")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="study folder (default: runs/NAME for the full budget, runs/NAME-BUDGET otherwise)",
+    )
+    p.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="full",
+        help="full: as written; short: a tenth of the epochs; smoke: 1-2 epochs on "
+        "2,048/512 images, to check the plumbing (default: full)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine; ray: a Ray cluster (pip install 'hpstudy[ray]')",
+    )
     p.add_argument(
         "--devices",
         default=None,
@@ -106,12 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="device for every run (default: auto)")
     add_data_options(p)
     p = study_p.add_parser("status", help="one line per run")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="a study folder")
     p = study_p.add_parser("show", help="print a study's stages")
-    p.add_argument("study")
+    p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
 
     p = sub.add_parser("report", help="write report.md / report.html for a study folder")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="a study folder")
     return parser
 
 
@@ -137,23 +163,22 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from hpstudy.config import RunConfig, make_run_config
-    from hpstudy.train import train
+    from hpstudy.run import train
 
     values = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k) is not None}
     config = make_run_config(values, "train options")
     summary = train(config, args.out, root=args.root, verify=args.verify)
-    final = summary.get("final") or {}
-    if summary["status"] == "finished":
+    if summary.final is not None:
         print(
-            f"{args.out}: finished {summary['epochs_done']} epochs, "
-            f"val acc {final['val_acc']:.4f}, val loss {final['val_loss']:.4f}"
+            f"{args.out}: {summary.status} {summary.epochs_done} epochs, "
+            f"val acc {summary.final['val_acc']:.4f}, val loss {summary.final['val_loss']:.4f}"
         )
     else:
-        print(f"{args.out}: {summary['status']} at epoch {summary['epochs_done']}")
+        print(f"{args.out}: {summary.status} at epoch {summary.epochs_done}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from hpstudy.train import evaluate
+    from hpstudy.run import evaluate
 
     result = evaluate(
         args.run_dir, args.split, root=args.root, verify=args.verify, device=args.device
@@ -173,7 +198,9 @@ def cmd_study(args: argparse.Namespace) -> None:
     from hpstudy import study
 
     if args.study_command == "show":
-        print(study.describe(study.load_study(args.study)))
+        config = study.load_study(args.study)
+        study.Plan(config, "full").validate()
+        print(study.describe(config))
     elif args.study_command == "status":
         print(study.status_text(args.dir))
     else:

@@ -1,21 +1,25 @@
-"""Where runs execute. A study hands an executor a list of jobs; when `run` returns,
-each job's run directory says its outcome (summary.json: finished, diverged or failed).
+"""Where runs execute. A study hands an executor jobs; when `run` returns, each job's run
+folder says its outcome (summary.json: finished, diverged or failed).
 
-Executors differ only in where `run_job` is called: in this process, in one
-worker process per GPU, or as Ray tasks.
+Executors differ only in where `run_job` (and `call`, for the study's other work on
+the data: its summary and the final test evaluation) is called: in this process, in
+worker processes on this machine, or as Ray tasks.
 """
 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.progress import log
-from hpstudy.train import train, write_json
+from hpstudy.run import RunDir, Summary, train
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,20 @@ class DataOptions:
 
 
 class Executor(Protocol):
+    def device_type(self) -> str:
+        """cpu or cuda: where runs will execute, so their precision can be resolved."""
+
     def run(self, jobs: list[Job]) -> None: ...
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args, device)` where runs run: the driver may have no data and no GPU."""
+
     def close(self) -> None:
-        """Release what the executor started (a local Ray, worker processes)."""
+        """Release what the executor started (a local Ray)."""
 
 
-def run_job(job: Job, options: DataOptions, device: str | None = None) -> dict[str, Any]:
-    """Train one job; a failure is recorded in its run directory, never raised."""
+def run_job(job: Job, options: DataOptions, device: str | None = None) -> Summary:
+    """Train one job; a failure is recorded in its run folder, never raised."""
     config = job.config if device is None else job.config.model_copy(update={"device": device})
     try:
         return train(config, job.run_dir, root=options.root, verify=options.verify)
@@ -50,12 +60,8 @@ def run_job(job: Job, options: DataOptions, device: str | None = None) -> dict[s
         return record_failure(job, message, traceback.format_exc())
 
 
-def record_failure(job: Job, message: str, details: str = "") -> dict[str, Any]:
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"status": "failed", "error": message, "run_hash": job.config.run_hash()}
-    write_json(job.run_dir / "summary.json", summary)
-    if details:
-        (job.run_dir / "error.log").write_text(details)
+def record_failure(job: Job, message: str, details: str = "") -> Summary:
+    summary = RunDir(job.run_dir).record_failure(job.config.run_hash(), message, details)
     log(f"[red]{job.label or job.run_dir.name}: failed: {message}[/red]")
     return summary
 
@@ -72,6 +78,8 @@ def make_executor(
         from hpstudy.executors.ray import RayExecutor
 
         return RayExecutor(options, address=address, device=device)
+    if name != "local":
+        raise HpstudyError(f"executor: must be local or ray (got {name!r})")
     from hpstudy.executors.local import LocalExecutor
 
     if devices:

@@ -1,32 +1,35 @@
-"""Runs jobs on this machine: in sequence in this process, or one worker process per device."""
+"""Runs jobs on this machine: in sequence in this process, or one worker process per device.
+
+Each job gets its own worker process, so a process that dies (killed, out of
+memory) fails its own run and no other: the others go on, and the next
+`study run` retries it from its checkpoint.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from typing import Any, TypeVar
 
 from hpstudy.executors import DataOptions, Job, record_failure, run_job
+from hpstudy.run import RunDir, resolve_device
 
-_worker_device: str | None = None
+T = TypeVar("T")
 
 
-def _init_worker(devices: multiprocessing.Queue, n_workers: int) -> None:  # type: ignore[type-arg]
-    global _worker_device
-    _worker_device = devices.get()
-    if _worker_device == "cpu":  # CPU workers share the cores instead of fighting for them
+def worker_main(job: Job, options: DataOptions, device: str, threads: int) -> None:
+    if device == "cpu" or device.startswith("cpu"):
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
-
-
-def _run_in_worker(job: Job, options: DataOptions) -> None:
-    run_job(job, options, device=_worker_device)
+        torch.set_num_threads(threads)  # CPU workers share the cores instead of fighting
+    run_job(job, options, device=device)
 
 
 class LocalExecutor:
-    """`workers=None`: sequential, here. `workers=["cuda:0", "cuda:1"]`: one process each."""
+    """`workers=None`: sequential, here. `workers=["cuda:0", "cuda:1"]`: a process per job,
+    as many at once as there are workers, each on its worker's device."""
 
     def __init__(
         self, options: DataOptions, workers: list[str] | None = None, device: str | None = None
@@ -35,29 +38,40 @@ class LocalExecutor:
         self.workers = workers
         self.device = device
 
+    def device_type(self) -> str:
+        return resolve_device(self.workers[0] if self.workers else self.device or "auto").type
+
     def close(self) -> None:
-        pass  # worker pools live only as long as one `run`
+        pass  # worker processes live only as long as their job
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args, self.workers[0] if self.workers else self.device)
 
     def run(self, jobs: list[Job]) -> None:
-        if not self.workers or (len(jobs) <= 1 and len(self.workers) <= 1):
-            device = self.workers[0] if self.workers else self.device
+        if not self.workers:
             for job in jobs:
-                run_job(job, self.options, device=device)
+                run_job(job, self.options, device=self.device)
             return
         # spawn, not fork: CUDA cannot be initialised in a forked child
         ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        for device in self.workers:
-            queue.put(device)
-        with ProcessPoolExecutor(
-            len(self.workers),
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(queue, len(self.workers)),
-        ) as pool:
-            futures = {pool.submit(_run_in_worker, job, self.options): job for job in jobs}
-            for future in as_completed(futures):
-                try:
-                    future.result()
-                except BrokenProcessPool as err:  # a worker died (killed, out of memory)
-                    record_failure(futures[future], f"worker process died: {err}")
+        threads = max(1, (os.cpu_count() or 1) // len(self.workers))
+        free, queue = list(self.workers), list(jobs)
+        running: dict[Any, tuple[Any, Job, str]] = {}
+        try:
+            while queue or running:
+                while queue and free:
+                    job, device = queue.pop(0), free.pop(0)
+                    args = (job, self.options, device, threads)
+                    process = ctx.Process(target=worker_main, args=args, daemon=True)
+                    process.start()
+                    running[process.sentinel] = (process, job, device)
+                for sentinel in wait(list(running)):
+                    process, job, device = running.pop(sentinel)
+                    process.join()
+                    free.append(device)
+                    if process.exitcode != 0 and not RunDir(job.run_dir).status().done:
+                        record_failure(job, f"worker process died (exit code {process.exitcode})")
+        finally:
+            for process, _, _ in running.values():  # interrupted: stop the others too
+                process.terminate()
+                process.join()

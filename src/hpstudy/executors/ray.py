@@ -3,6 +3,8 @@
 Only where runs execute changes: each task calls `run_job`, which trains in the
 job's run directory on storage every node sees and records failures there. A
 run whose worker dies is retried by Ray and resumes from its last checkpoint.
+The study's other work on the data (its summary, the final test evaluation) runs
+as a task with the same resources, so the driver needs neither the data nor a GPU.
 """
 
 from __future__ import annotations
@@ -12,24 +14,30 @@ import os
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job, record_failure, run_job
 from hpstudy.progress import log
+from hpstudy.run import Summary
 
-Task = Callable[[Job, DataOptions, str | None], dict[str, Any]]
+T = TypeVar("T")
+Task = Callable[[Job, DataOptions, str | None], Summary]
 
 
-def _run_task(
+def run_task(
     task: Task, job: Job, options: DataOptions, device: str | None, threads: int
-) -> dict[str, Any]:
+) -> Summary:
+    return call_task(task, threads, job, options, device)
+
+
+def call_task(fn: Callable[..., T], threads: int, *args: Any) -> T:
     import torch
 
     # torch sizes its thread pool once per worker process, to the whole node;
     # a run must use only the CPUs Ray granted it, or parallel runs oversubscribe
     torch.set_num_threads(threads)
-    return task(job, options, device)
+    return fn(*args)
 
 
 def absolute(path: str | Path) -> Path:
@@ -91,6 +99,33 @@ class RayExecutor:
         if self._close is not None:
             self._close()
 
+    def device_type(self) -> str:
+        """Where the runs will execute: the given device, else a GPU if the cluster has one."""
+        import ray
+
+        if self.device is not None:
+            return "cuda" if self.device.startswith("cuda") else "cpu"
+        self.connect()
+        return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args, device)` as one Ray task with a run's resources; its one-line errors
+        come back as they are."""
+        import ray
+
+        self.connect()
+        resources = self.resources()
+        remote = ray.remote(call_task).options(**resources, max_retries=self.max_retries)
+        ref = remote.remote(fn, max(1, int(resources["num_cpus"])), *args, self.device)
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, HpstudyError):
+                raise HpstudyError(str(err.cause)) from None
+            raise HpstudyError(f"ray task raised {first_line(err.cause)}") from None
+        except ray.exceptions.RayError as err:
+            raise HpstudyError(f"ray task failed: {first_line(err)}") from None
+
     def resources(self) -> dict[str, float]:
         """What one run asks for: one GPU where the cluster has any, else a node's CPUs."""
         import ray
@@ -111,7 +146,7 @@ class RayExecutor:
 
         self.connect()
         resources = self.resources()
-        remote = ray.remote(_run_task).options(
+        remote = ray.remote(run_task).options(
             **resources,
             # worker or node death only; a run's own failure is recorded by run_job
             max_retries=self.max_retries,
@@ -144,14 +179,12 @@ class RayExecutor:
             log(f"ray: {done_count}/{len(jobs)} {name}: {describe(summary)}")
 
 
-def describe(summary: dict[str, Any]) -> str:
-    status = summary.get("status", "unknown")
-    final = summary.get("final")
-    if status == "finished" and final:
-        return f"finished, val_acc {final['val_acc']:.4f}"
-    if summary.get("error"):
-        return f"{status} ({summary['error']})"
-    return str(status)
+def describe(summary: Summary) -> str:
+    if summary.final is not None:
+        return f"{summary.status}, val_acc {summary.final['val_acc']:.4f}"
+    if summary.error:
+        return f"{summary.status} ({summary.error})"
+    return str(summary.status)
 
 
 def first_line(err: BaseException) -> str:

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from hpstudy.models import register_model, scaled
+from hpstudy.models.registry import register_model, scaled
 
 # (output channels, stride) of the 13 depthwise-separable blocks.
 BLOCKS: list[tuple[int, int]] = [

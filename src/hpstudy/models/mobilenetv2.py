@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpstudy.models import register_model, scaled
+from hpstudy.models.registry import register_model, scaled
 
 # (expansion t, output channels c, repeats n, first stride s)
 CONFIG: list[tuple[int, int, int, int]] = [

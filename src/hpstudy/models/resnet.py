@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpstudy.models import register_model, scaled
+from hpstudy.models.registry import register_model, scaled
 
 
 class BasicBlock(nn.Module):

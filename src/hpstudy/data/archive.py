@@ -1,4 +1,4 @@
-"""CIFAR-100 data layer: archive -> arrays -> split/stats.
+"""Where CIFAR-100 lives and how it becomes arrays: download, verify, extract, safely unpickle.
 
 The official "python version" archive holds Python 2 pickles. Pickles can run
 arbitrary code, so they are read through an unpickler that only knows numpy's
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib
+import math
 import os
 import pickle
 import shutil
@@ -27,6 +28,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from hpstudy.constants import IMAGE_SHAPE, NUM_CLASSES, NUM_SUPERCLASSES
 from hpstudy.errors import HpstudyError
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -36,14 +38,14 @@ FILE_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326
 FOLDER = "cifar-100-python"
 ARCHIVE = "cifar-100-python.tar.gz"
 FILES = ("train", "test", "meta")
-NUM_FINE, NUM_COARSE = 100, 20
 TIMEOUT_S = 30.0
 CHUNK = 1 << 20
+_ROW = math.prod(IMAGE_SHAPE)  # 3072 bytes: one image's R, G and B planes
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8 (N, 3, 32, 32), contiguous, CPU
+    images: torch.Tensor  # uint8 (N, *IMAGE_SHAPE), contiguous, CPU
     fine: torch.Tensor  # int64 (N,)
     coarse: torch.Tensor  # int64 (N,)
 
@@ -280,14 +282,14 @@ def _read_split(path: Path) -> Split:
     obj = _read_pickle(path)
     data = _field(path, obj, b"data")
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
-        raise HpstudyError(f"{path}: 'data' is not a uint8 (N, 3072) array")
-    if data.shape[1] != 3 * 32 * 32:
-        raise HpstudyError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072)")
+        raise HpstudyError(f"{path}: 'data' is not a uint8 (N, {_ROW}) array")
+    if data.shape[1] != _ROW:
+        raise HpstudyError(f"{path}: 'data' has shape {data.shape}, expected (N, {_ROW})")
     n = data.shape[0]
-    fine = _labels(path, obj, b"fine_labels", n, NUM_FINE)
-    coarse = _labels(path, obj, b"coarse_labels", n, NUM_COARSE)
+    fine = _labels(path, obj, b"fine_labels", n, NUM_CLASSES)
+    coarse = _labels(path, obj, b"coarse_labels", n, NUM_SUPERCLASSES)
     # each row is the R plane, then G, then B, each 32x32 row-major: a view, no copy
-    images = torch.from_numpy(np.ascontiguousarray(data)).view(n, 3, 32, 32)
+    images = torch.from_numpy(np.ascontiguousarray(data)).view(n, *IMAGE_SHAPE)
     return Split(images=images, fine=fine, coarse=coarse)
 
 
@@ -318,95 +320,6 @@ def load_cifar100(root: str | Path | None = None, verify: bool = True) -> Cifar1
     return Cifar100(
         train=_read_split(folder / "train"),
         test=_read_split(folder / "test"),
-        fine_names=_read_names(folder / "meta", meta, b"fine_label_names", NUM_FINE),
-        coarse_names=_read_names(folder / "meta", meta, b"coarse_label_names", NUM_COARSE),
+        fine_names=_read_names(folder / "meta", meta, b"fine_label_names", NUM_CLASSES),
+        coarse_names=_read_names(folder / "meta", meta, b"coarse_label_names", NUM_SUPERCLASSES),
     )
-
-
-# --- split and statistics -------------------------------------------------------------------
-
-
-def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) indices, identical to random_split(range(n), ...) under manual_seed(seed)."""
-    if not 0 < val_size < n:
-        raise HpstudyError(f"validation size {val_size} must be between 1 and {n - 1} (n = {n})")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[: n - val_size], perm[n - val_size :]
-
-
-def channel_stats(
-    images: torch.Tensor, indices: torch.Tensor | None = None, chunk: int = 4096
-) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population std of uint8 pixels scaled to [0, 1].
-
-    Over `images[indices]` when indices are given, gathered a chunk at a time.
-    Counts each of the 256 pixel values per channel: the sums are then exact
-    integers, and no float copy of the split is ever made.
-    """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 (N, C, H, W) images, got {images.dtype} {images.shape}")
-    n_images = images.shape[0] if indices is None else indices.numel()
-    if n_images == 0:
-        raise ValueError("no images to compute statistics of")
-    channels = images.shape[1]
-    counts = torch.zeros(channels, 256, dtype=torch.int64)
-    for start in range(0, n_images, chunk):
-        if indices is None:
-            block = images[start : start + chunk]
-        else:
-            block = images[indices[start : start + chunk]]
-        for c in range(channels):
-            counts[c] += torch.bincount(block[:, c].reshape(-1), minlength=256)
-    values = torch.arange(256, dtype=torch.int64)
-    means, stds = [], []
-    for c in range(channels):
-        n = int(counts[c].sum())
-        s1 = int((counts[c] * values).sum())
-        s2 = int((counts[c] * values * values).sum())
-        means.append(s1 / n / 255)
-        # n*s2 - s1^2 in Python ints: exact, no cancellation
-        stds.append(((n * s2 - s1 * s1) ** 0.5) / n / 255)
-    return means, stds
-
-
-def class_proportions(labels: torch.Tensor, num_classes: int = 100) -> torch.Tensor:
-    """Share of each class in `labels`, float64 of length num_classes."""
-    counts = torch.bincount(labels, minlength=num_classes)
-    if counts.numel() > num_classes:
-        raise ValueError(f"label {counts.numel() - 1} is out of range for {num_classes} classes")
-    return counts.double() / labels.numel()
-
-
-def indices_sha256(indices: torch.Tensor) -> str:
-    """sha256 of the indices as decimal text, one per line: comparable across tools."""
-    text = "".join(f"{i}\n" for i in indices.tolist())
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def split_info(data: Cifar100, seed: int = 0) -> dict:
-    """Sizes, normalisation stats, class balance and fingerprint of the 80/20 train/val split."""
-    n = data.train.fine.numel()
-    train_size = int(0.8 * n)
-    train_idx, val_idx = split_indices(n, n - train_size, seed)
-    mean, std = channel_stats(data.train.images, train_idx)
-    props = class_proportions(data.train.fine[train_idx], NUM_FINE)
-    return {
-        "split_seed": seed,
-        "train_size": train_size,
-        "val_size": n - train_size,
-        "test_size": data.test.fine.numel(),
-        "num_classes": NUM_FINE,
-        "mean": mean,
-        "std": std,
-        "val_indices_sha256": indices_sha256(val_idx),
-        "class_proportion_min": props.min().item(),
-        "class_proportion_max": props.max().item(),
-        "class_proportion_mean": props.mean().item(),
-        "class_proportions": props.tolist(),
-    }
-
-
-def dataset_info(root: str | Path | None = None, seed: int = 0, verify: bool = True) -> dict:
-    """`split_info` of the dataset under `root`: what `hpstudy data info` prints."""
-    root = resolve_root(root)
-    return {"root": str(root), **split_info(load_cifar100(root, verify), seed), "verified": verify}

@@ -1,0 +1,14 @@
+"""The dataset's fixed numbers, in one place: class counts, image shape, the validation share."""
+
+from __future__ import annotations
+
+NUM_CLASSES = 100  # CIFAR-100 fine labels
+NUM_SUPERCLASSES = 20  # CIFAR-100 coarse labels
+IMAGE_SHAPE = (3, 32, 32)  # channels, height, width of one image
+# The report's split: 50,000 training images -> 40,000 train / 10,000 val (SPEC §1).
+VAL_FRACTION = 0.2
+
+
+def val_size(n: int) -> int:
+    """Validation images of an n-image training file: 10,000 of 50,000, as random_split gives."""
+    return n - int((1 - VAL_FRACTION) * n)

@@ -1,0 +1,78 @@
+"""Bytes on disk: atomic writes and JSON read back into typed records, failing in one line.
+
+Every file hpstudy writes goes through `write_atomic`, so a kill mid-write leaves
+the old file or the new one, never a torn one. Which files exist and what they
+hold is owned by `run.folder` (a run's files) and `study.state` (a study's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from hpstudy.errors import HpstudyError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise HpstudyError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HpstudyError(f"{path}: not valid JSON ({err})") from None
+
+
+def validation_message(err: ValidationError) -> str:
+    """Every bad field of a pydantic error on one line: `lr: must be > 0 (got -1); ...`."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "value"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and e["type"] != "missing":
+            shown = repr(e["input"])
+            msg = f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_model(model: type[Model], raw: Any, where: str) -> Model:
+    """`raw` (a dict) as a `model`, or one HpstudyError naming `where` and every bad field."""
+    if not isinstance(raw, dict):
+        raise HpstudyError(f"{where}: expected a table of keys, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise HpstudyError(f"{where}: {validation_message(err)}") from None
+
+
+def read_model(path: Path, model: type[Model]) -> Model:
+    return parse_model(model, read_json(path), str(path))
+
+
+def write_model(path: Path, record: BaseModel) -> None:
+    write_json(path, record.model_dump(mode="json"))

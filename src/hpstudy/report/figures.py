@@ -1,0 +1,142 @@
+"""The report's figures as matplotlib Figures: class proportions, stage curves, lr, Beta density.
+
+Each function takes the figure's number (its title says "Figure N") and plain
+data, and returns an unsaved Figure; `save` writes one as a PNG. The
+object-oriented API (no pyplot) always renders with Agg and leaves the
+process's backend alone: safe headless and inside a user's notebook.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import beta as beta_distribution
+
+from hpstudy.files import write_atomic
+from hpstudy.run import MetricRow
+from hpstudy.study.select import summarise
+
+PANELS = ("train_loss", "val_loss", "train_acc", "val_acc")  # the report's 2x2 order
+DPI = 110
+BETA_DRAWS = 100_000
+
+# one curve of a stage figure: its label and the metric rows of each of its seeds
+Curve = tuple[str, list[list[MetricRow]]]
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """`fig` as a PNG at `path`, written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
+    fig.clear()  # free the Agg buffers now, not at garbage collection
+    return path
+
+
+def mean_curve(seeds: list[list[MetricRow]], metric: str) -> tuple[np.ndarray, ...]:
+    """Epochs, mean, std and n across seeds, epoch by epoch (NaNs of a diverged run skipped)."""
+    by_epoch: dict[int, list[float]] = {}
+    for rows in seeds:
+        for row in rows:
+            if "epoch" in row and metric in row:
+                by_epoch.setdefault(int(row["epoch"]), []).append(row[metric])
+    points = [(e, summarise(v)) for e, v in sorted(by_epoch.items())]
+    kept = [(e, s) for e, s in points if s is not None]
+    return (
+        np.array([e for e, _ in kept], dtype=float),
+        np.array([s.mean for _, s in kept]),
+        np.array([s.std for _, s in kept]),
+        np.array([s.n for _, s in kept]),
+    )
+
+
+def class_proportions(number: int, proportions: list[float]) -> Figure:
+    p = np.asarray(proportions, dtype=float)
+    fig = Figure(figsize=(10, 4), layout="tight")
+    ax = fig.add_subplot()
+    ax.bar(np.arange(len(p)), p, color="tab:blue", width=0.8)
+    ax.axhline(p.mean(), color="red", linewidth=1.5, label=f"mean {p.mean():.3f}")
+    ax.set(xlabel="class", ylabel="proportion of the train split", xlim=(-1, len(p)))
+    ax.set_title(f"Figure {number}: class proportions of the train split")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def stage_curves(number: int, name: str, field: str, curves: list[Curve]) -> Figure:
+    """train/val loss and accuracy per epoch, one line per setting, a ±1 std band over seeds."""
+    fig = Figure(figsize=(11, 7.5), layout="tight")
+    axes = fig.subplots(2, 2, sharex=True)
+    last = 1.0
+    for ax, metric in zip(axes.flat, PANELS, strict=True):
+        lows, highs = [], []
+        for label, seeds in curves:
+            epochs, mean, std, n = mean_curve(seeds, metric)
+            if epochs.size == 0:
+                continue
+            last, lows, highs = max(last, epochs.max()), [*lows, mean.min()], [*highs, mean.max()]
+            marker = "o" if epochs.size <= 20 else None  # a 1-2 epoch smoke run is a dot
+            (line,) = ax.plot(epochs, mean, marker=marker, markersize=3, label=label)
+            if (n > 1).any():
+                ax.fill_between(epochs, mean - std, mean + std, where=n > 1,
+                                color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
+        # a diverging setting (loss 1e4) would flatten the others into one line
+        if metric.endswith("loss") and lows and min(lows) > 0 and max(highs) > 100 * min(lows):
+            ax.set_yscale("log")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set(xlabel="epoch", xlim=(0, last + 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].legend(title=field or None)
+    band = " (band: ±1 std across seeds)" if any(len(s) > 1 for _, s in curves) else ""
+    fig.suptitle(f"Figure {number}: {name}{band}")
+    return fig
+
+
+def lr_schedule(
+    number: int,
+    rows: list[MetricRow],
+    run_hash: str,
+    lr_max: float | None = None,
+    epochs: int | None = None,
+    warmup_epochs: int = 0,
+) -> Figure:
+    """The learning rate a cosine run recorded per epoch, beside eq. (2) when it applies."""
+    x = np.array([row["epoch"] for row in rows], dtype=float)
+    lrs = np.array([row["lr"] for row in rows], dtype=float)
+    fig = Figure(figsize=(7, 4), layout="tight")
+    ax = fig.add_subplot()
+    ax.plot(x, lrs, marker="o" if x.size <= 30 else None, markersize=3,
+            label=f"recorded (run {run_hash})")  # fmt: skip
+    # eq. (2) beside the record: a visible check that the schedule is the report's
+    if lr_max and epochs and not warmup_epochs:
+        t = np.linspace(0, epochs - 1, 200)
+        ax.plot(t + 1, 0.5 * lr_max * (1 + np.cos(np.pi * t / epochs)), "--", color="grey",
+                linewidth=1, label="eq. (2), η_min = 0")  # fmt: skip
+    ax.set(xlabel="epoch", ylabel="learning rate", xlim=(0, x.max() + 1), ylim=(0, None))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Figure {number}: learning rate under cosine annealing")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def beta_density(number: int, alpha: float) -> Figure:
+    """The Beta(α, α) density mixup draws λ from (scipy), over a histogram of draws."""
+    # fixed seed: the figure is the same each time the report is written
+    draws = np.random.default_rng(0).beta(alpha, alpha, size=BETA_DRAWS)
+    fig = Figure(figsize=(7, 4), layout="tight")
+    ax = fig.add_subplot()
+    heights, _, _ = ax.hist(draws, bins=50, range=(0, 1), density=True, color="tab:blue",
+                            alpha=0.35, label=f"{BETA_DRAWS:,} draws (numpy)")  # fmt: skip
+    x = np.linspace(1e-4, 1 - 1e-4, 2000)
+    ax.plot(x, beta_distribution.pdf(x, alpha, alpha), color="tab:red", label="density (scipy)")
+    ax.set(xlabel="λ", ylabel="density", xlim=(0, 1), ylim=(0, 1.1 * max(heights.max(), 2.0)))
+    ax.set_title(f"Figure {number}: Beta({alpha:g}, {alpha:g})")
+    ax.legend(loc="upper center")
+    return fig

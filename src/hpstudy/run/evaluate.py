@@ -1,0 +1,120 @@
+"""Evaluation: loss and accuracies of weights on images; the only reader of the test split.
+
+Every test evaluation is appended to the run's summary.json (its ledger), so a
+report can say how often, and on which run, the test split was touched.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpstudy import augment
+from hpstudy.constants import NUM_SUPERCLASSES
+from hpstudy.errors import HpstudyError
+from hpstudy.run.device import Execution, build_model
+from hpstudy.run.device_data import load_data, split_of
+from hpstudy.run.folder import Evaluation, RunDir, RunStatus
+
+Split = Literal["val", "test"]
+
+
+@torch.no_grad()
+def evaluate_arrays(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    coarse: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    ex: Execution,
+) -> dict[str, Any]:
+    """Mean cross-entropy, top-1, top-5 and per-superclass top-1 of uint8 `images`."""
+    if len(images) == 0:
+        raise HpstudyError("nothing to evaluate: the split has no images")
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ex.device)
+    top1 = torch.zeros((), dtype=torch.int64, device=ex.device)
+    top5 = torch.zeros((), dtype=torch.int64, device=ex.device)
+    coarse_hits = torch.zeros(NUM_SUPERCLASSES, dtype=torch.float64, device=ex.device)
+    batch = ex.eval_batch_size
+    for i in range(0, len(images), batch):
+        x = augment.normalize(images[i : i + batch], mean, std)
+        y = labels[i : i + batch]
+        with ex.autocast():
+            logits = model(x.contiguous(memory_format=ex.memory_format)).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        best5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit1 = best5[:, 0] == y
+        top1 += hit1.sum()
+        top5 += (best5 == y[:, None]).any(dim=1).sum()
+        coarse_hits.index_add_(0, coarse[i : i + batch], hit1.double())
+    model.train(was_training)
+    n = len(images)
+    coarse_counts = torch.bincount(coarse, minlength=NUM_SUPERCLASSES).double().clamp_min(1)
+    return {
+        "loss": loss_sum.item() / n,
+        "top1": top1.item() / n,
+        "top5": top5.item() / n,
+        "superclass_top1": (coarse_hits / coarse_counts).tolist(),
+        "images": n,
+    }
+
+
+def evaluate(
+    run_dir: str | Path,
+    split: Split = "val",
+    *,
+    root: str | Path | None = None,
+    verify: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Loss, top-1, top-5, per-superclass top-1 of a finished run's final weights."""
+    run = RunDir(run_dir)
+    if split not in ("val", "test"):
+        raise HpstudyError(f"split: must be val or test (got {split!r})")
+    if not run.config_path.is_file() or not run.checkpoint_path.is_file():
+        raise HpstudyError(f"{run.path}: not a trained run (no config.json or checkpoint.pt)")
+    summary = run.read_summary()
+    if summary is None or summary.status != RunStatus.FINISHED:
+        raise HpstudyError(f"{run.path}: run has not finished; train it before evaluating")
+    config = run.read_config()
+    if device is not None:
+        config = config.model_copy(update={"device": device})
+    ex = Execution.resolve(config)
+    ckpt = run.load_checkpoint(ex.device)
+    model = build_model(config, ex)
+    try:
+        model.load_state_dict(ckpt["model"])
+        mean = torch.tensor(ckpt["normalization"]["mean"], device=ex.device)
+        std = torch.tensor(ckpt["normalization"]["std"], device=ex.device)
+    except (KeyError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HpstudyError(f"{run.checkpoint_path}: does not fit this run ({first})") from None
+    cifar = load_data(root, verify)
+    if split == "test":
+        part = cifar.test
+        images, fine, coarse = part.images, part.fine, part.coarse
+    else:
+        _, val_idx = split_of(config, cifar)
+        part = cifar.train
+        images, fine, coarse = part.images[val_idx], part.fine[val_idx], part.coarse[val_idx]
+    to = ex.device
+    scores = evaluate_arrays(model, images.to(to), fine.to(to), coarse.to(to), mean, std, ex)
+    result = {
+        "split": split,
+        "run_hash": config.run_hash(),
+        **scores,
+        "superclass_top1": dict(zip(cifar.coarse_names, scores["superclass_top1"], strict=True)),
+    }
+    if split == "test":
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        ledger = [*summary.test_evaluations, Evaluation(**result, at=stamp)]
+        run.write_summary(summary.model_copy(update={"test_evaluations": ledger}))
+    return result

@@ -1,0 +1,228 @@
+"""The run folder: the one reader and writer of a run's files, and the run states.
+
+    config.json          the RunConfig (precision resolved); its hash names the folder
+    metrics.csv          one row per finished epoch (METRIC_COLUMNS)
+    checkpoint.pt        weights, optimizer, RNG state and the rows, written atomically each epoch
+    summary.json         a Summary: the outcome, final metrics, every test evaluation
+    error.log            the traceback of a failed run
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
+from hpstudy.files import read_model, write_atomic, write_json, write_model
+
+METRIC_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_top5",
+    "seconds",
+    "images_per_s",
+)
+MetricRow = dict[str, float]
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"  # nothing trained yet
+    PARTIAL = "partial"  # some epochs done, resumable from the checkpoint
+    FINISHED = "finished"
+    DIVERGED = "diverged"  # a non-finite train or validation metric; never wins
+    FAILED = "failed"  # an error stopped it; retried by the next `study run`
+
+    @property
+    def done(self) -> bool:
+        """Nothing more to train: a finished or diverged run is kept as it is."""
+        return self in (RunStatus.FINISHED, RunStatus.DIVERGED)
+
+
+class Evaluation(BaseModel):
+    """One evaluation of the run's final weights on the test split (the ledger's entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+    split: str
+    run_hash: str
+    loss: float
+    top1: float
+    top5: float
+    superclass_top1: dict[str, float]
+    images: int
+    at: str
+
+
+class Summary(BaseModel):
+    """summary.json: how a run ended. A failed run has only status, run_hash and error."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: RunStatus
+    run_hash: str
+    error: str | None = None
+    epochs_done: int = 0
+    final: MetricRow | None = None
+    train_seconds: float | None = None
+    parameters: int | None = None
+    macs_per_image: int | None = None
+    device: str | None = None
+    device_name: str | None = None
+    precision: str | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+    torch: str | None = None
+    hpstudy: str | None = None
+    test_evaluations: list[Evaluation] = []
+
+
+class RunDir:
+    """One run's folder. Reading never creates anything; writing is atomic per file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def error_log_path(self) -> Path:
+        return self.path / "error.log"
+
+    # ------------------------------------------------------------ config
+
+    def read_config(self) -> RunConfig:
+        return read_model(self.config_path, RunConfig)
+
+    def claim(self, config: RunConfig) -> None:
+        """Make the folder this config's run, or refuse one that holds another run."""
+        if self.config_path.exists():
+            held = self.read_config()
+            if held.run_hash() != config.run_hash():
+                raise HpstudyError(
+                    f"{self.path} holds a different run ({held.run_hash()}, "
+                    f"not {config.run_hash()}); choose another folder"
+                )
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise HpstudyError(f"{self.path}: cannot create ({err.strerror or err})") from None
+        write_json(self.config_path, config.model_dump())
+
+    # ------------------------------------------------------------ metrics
+
+    def read_metrics(self) -> list[MetricRow]:
+        """The rows of metrics.csv; none for a run that has not finished an epoch."""
+        if not self.metrics_path.is_file():
+            return []
+        try:
+            text = self.metrics_path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise HpstudyError(f"{self.metrics_path}: cannot read ({err})") from None
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != METRIC_COLUMNS:
+            raise HpstudyError(
+                f"{self.metrics_path}: columns {reader.fieldnames} are not {list(METRIC_COLUMNS)}"
+            )
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            try:
+                rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in raw.items()})
+            except (TypeError, ValueError):
+                raise HpstudyError(f"{self.metrics_path}: line {line} is not numeric") from None
+        return rows
+
+    def write_metrics(self, rows: list[MetricRow]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        write_atomic(self.metrics_path, buf.getvalue().encode())
+
+    # ------------------------------------------------------------ checkpoint
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_atomic(self.checkpoint_path, buf.getvalue())
+
+    def load_checkpoint(self, device: torch.device) -> dict[str, Any]:
+        try:
+            return torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+        except Exception as err:  # a torn or foreign file: say which, without torch's advice
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "weights_only" in reason or "Weights only load failed" in reason:
+                reason = "holds objects other than tensors and plain values"
+            raise HpstudyError(
+                f"{self.checkpoint_path}: not a readable hpstudy checkpoint ({reason})"
+            ) from None
+
+    # ------------------------------------------------------------ outcome
+
+    def read_summary(self) -> Summary | None:
+        return read_model(self.summary_path, Summary) if self.summary_path.exists() else None
+
+    def write_summary(self, summary: Summary) -> None:
+        write_model(self.summary_path, summary)
+
+    def status(self) -> RunStatus:
+        summary = self.read_summary()
+        if summary is not None:
+            return summary.status
+        return RunStatus.PARTIAL if self.checkpoint_path.exists() else RunStatus.PENDING
+
+    def record_failure(self, run_hash: str, message: str, details: str = "") -> Summary:
+        """A failed run: retried by the next `study run`, its error kept for the report."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        summary = Summary(status=RunStatus.FAILED, run_hash=run_hash, error=message)
+        self.write_summary(summary)
+        if details:
+            write_atomic(self.error_log_path, details.encode())
+        return summary
+
+
+def finite_row(row: MetricRow) -> bool:
+    return all(math.isfinite(v) for v in row.values())
+
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "Evaluation",
+    "MetricRow",
+    "RunDir",
+    "RunStatus",
+    "Summary",
+    "finite_row",
+]

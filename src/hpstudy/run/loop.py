@@ -1,0 +1,269 @@
+"""The training loop: RunConfig -> per-epoch metrics, checkpoints, exact resume.
+
+Each step gathers a batch from the on-device split, augments it with a few
+batched ops and trains. Loss and accuracy accumulate on the device and are read
+once per epoch, so the host never waits on the GPU mid-epoch.
+
+Randomness that matters for the data order (the epoch permutation, flips,
+crops, mixup) comes from generators derived from (seed, epoch), so a run resumed
+at epoch e draws exactly what an uninterrupted run draws there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpstudy import __version__, augment
+from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
+from hpstudy.models import count_macs, count_parameters
+from hpstudy.progress import bar, log
+from hpstudy.run.device import Execution, build_model, device_name
+from hpstudy.run.device_data import DeviceData, device_data, load_data
+from hpstudy.run.evaluate import evaluate_arrays
+from hpstudy.run.folder import MetricRow, RunDir, RunStatus, Summary
+
+
+def learning_rate(config: RunConfig, epoch: int) -> float:
+    """The learning rate of 0-based `epoch`: linear warmup, then constant or cosine (SPEC §1)."""
+    warmup = config.warmup_epochs
+    if epoch < warmup:
+        return config.lr * (epoch + 1) / warmup
+    if config.schedule == "constant":
+        return config.lr
+    t, total = epoch - warmup, config.epochs - warmup
+    return 0.5 * config.lr * (1 + math.cos(math.pi * t / total))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor  # augmented, normalised, in the model's memory format
+    y: torch.Tensor
+    y2: torch.Tensor | None  # mixup partner labels, None without mixup
+    lam: float  # mixup weight of y (1.0 without mixup)
+
+
+def batches(d: DeviceData, config: RunConfig, ex: Execution, epoch: int) -> Iterator[Batch]:
+    """The epoch's training batches: a seeded permutation, flip/crop, normalise, mixup."""
+    gen = torch.Generator(device=ex.device).manual_seed(epoch_seed(config.seed, epoch))
+    lam_rng = np.random.default_rng([config.seed, epoch, 1])
+    order = torch.randperm(len(d.train_x), generator=gen, device=ex.device)
+    for i in range(0, len(d.train_x), config.batch_size):
+        idx = order[i : i + config.batch_size]
+        x = augment.flip_crop(d.train_x[idx], gen)
+        x = augment.normalize(x, d.mean, d.std).contiguous(memory_format=ex.memory_format)
+        y, y2 = d.train_y[idx], None
+        lam = augment.sample_mixup_lambda(config.mixup_alpha, lam_rng)
+        if config.mixup_alpha > 0:
+            x, partner = augment.mixup(x, lam, gen)
+            y2 = y[partner]
+        yield Batch(x, y, y2, lam)
+
+
+@dataclass
+class Trainer:
+    """A config's model, optimizer and grad scaler on its device, and one epoch of training."""
+
+    config: RunConfig
+    ex: Execution
+    model: nn.Module
+    step_model: nn.Module  # the compiled model where compile is on, else `model`
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def create(cls, config: RunConfig, ex: Execution | None = None) -> Trainer:
+        ex = ex or Execution.resolve(config)
+        model = build_model(config, ex)
+        step_model: nn.Module = torch.compile(model) if ex.compile else model  # type: ignore[assignment]
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+        scaler = torch.amp.GradScaler(ex.device.type) if ex.precision == "fp16" else None
+        return cls(config, ex, model, step_model, optimizer, scaler)
+
+    def set_lr(self, epoch: int) -> float:
+        lr = learning_rate(self.config, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_epoch(
+        self, d: DeviceData, epoch: int, show: bool | None = None
+    ) -> tuple[float, float]:
+        """One pass over the train split; returns (mean loss, mean accuracy)."""
+        config, ex = self.config, self.ex
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ex.device)
+        hits = torch.zeros((), dtype=torch.float64, device=ex.device)
+        self.model.train()
+        steps = math.ceil(len(d.train_x) / config.batch_size)
+        smoothing = config.label_smoothing
+        with bar(f"epoch {epoch + 1}/{config.epochs}", steps, show) as advance:
+            for step, b in enumerate(batches(d, config, ex, epoch)):
+                with ex.autocast():
+                    logits = self.step_model(b.x).float()
+                loss = F.cross_entropy(logits, b.y, label_smoothing=smoothing)
+                if b.y2 is None:
+                    hits += (logits.detach().argmax(1) == b.y).sum()
+                else:
+                    loss2 = F.cross_entropy(logits, b.y2, label_smoothing=smoothing)
+                    loss = b.lam * loss + (1 - b.lam) * loss2
+                    hits += augment.mixup_accuracy(logits.detach(), b.y, b.y2, b.lam)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is None:
+                    loss.backward()
+                    self.optimizer.step()
+                else:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                loss_sum += loss.detach().double() * len(b.y)
+                # reading the loss syncs with the device: only now and then, for the eye
+                info = (lambda loss=loss: f"loss {loss.item():.3f}") if step % 50 == 0 else None
+                advance(1, info)
+        return loss_sum.item() / len(d.train_x), hits.item() / len(d.train_x)
+
+    def evaluate(self, d: DeviceData) -> dict[str, Any]:
+        return evaluate_arrays(self.model, d.val_x, d.val_y, d.val_coarse, d.mean, d.std, self.ex)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+
+
+def resume(run: RunDir, trainer: Trainer, config: RunConfig) -> tuple[list[MetricRow], int]:
+    """Rows and epochs done from the run's checkpoint (none: a fresh start)."""
+    if not run.checkpoint_path.exists():
+        return [], 0
+    ckpt = run.load_checkpoint(trainer.ex.device)
+    try:
+        trainer.load_state(ckpt)
+        rows, start = list(ckpt["rows"]), int(ckpt["epoch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HpstudyError(f"{run.checkpoint_path}: does not fit this run ({first})") from None
+    if not 0 <= start <= config.epochs or len(rows) != start:
+        raise HpstudyError(
+            f"{run.checkpoint_path}: records epoch {start} of a {config.epochs}-epoch run"
+        )
+    log(f"[dim]{run.name}: resuming after epoch {start}/{config.epochs}[/dim]")
+    return rows, start
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    root: str | Path | None = None,
+    verify: bool = True,
+    show_progress: bool | None = None,
+) -> Summary:
+    """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary."""
+    ex = Execution.resolve(config)
+    config = config.for_device(ex.device.type)
+    run = RunDir(run_dir)
+    run.claim(config)
+    summary = run.read_summary()
+    if summary is not None and summary.status.done:
+        return summary
+
+    d = device_data(load_data(root, verify), config, ex.device)
+    trainer = Trainer.create(config, ex)
+    rows, start_epoch = resume(run, trainer, config)
+    run.write_metrics(rows)
+
+    for epoch in range(start_epoch, config.epochs):
+        lr = trainer.set_lr(epoch)
+        t0 = time.perf_counter()
+        train_loss, train_acc = trainer.train_epoch(d, epoch, show_progress)
+        ex.sync()
+        train_seconds = time.perf_counter() - t0
+        if not (math.isfinite(train_loss) and math.isfinite(train_acc)):
+            log(f"[red]{run.name}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
+            return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
+        val = trainer.evaluate(d)
+        if not (math.isfinite(val["loss"]) and math.isfinite(val["top1"])):
+            log(f"[red]{run.name}: val loss is {val['loss']} at epoch {epoch + 1}: diverged[/red]")
+            return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val["loss"],
+            "val_acc": val["top1"],
+            "val_top5": val["top5"],
+            "seconds": time.perf_counter() - t0,
+            "images_per_s": len(d.train_x) / train_seconds,
+        }
+        rows.append(row)
+        run.save_checkpoint(
+            {
+                **trainer.state(),
+                "epoch": epoch + 1,
+                "scheduler": {"epoch": epoch + 1, "next_lr": learning_rate(config, epoch + 1)},
+                "rows": rows,
+                "normalization": {"mean": d.mean.tolist(), "std": d.std.tolist()},
+                "run_hash": config.run_hash(),
+            }
+        )
+        run.write_metrics(rows)
+        log(
+            f"{run.name} epoch {epoch + 1}/{config.epochs} lr {lr:.4g} "
+            f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "
+            f"({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)"
+        )
+    return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
+
+
+def finish(
+    run: RunDir, trainer: Trainer, rows: list[MetricRow], status: RunStatus, epochs_done: int
+) -> Summary:
+    ex = trainer.ex
+    summary = Summary(
+        status=status,
+        run_hash=trainer.config.run_hash(),
+        epochs_done=epochs_done,
+        final=rows[-1] if rows and status == RunStatus.FINISHED else None,
+        train_seconds=sum(r["seconds"] for r in rows),
+        parameters=count_parameters(trainer.model),
+        macs_per_image=count_macs(trainer.model),
+        device=str(ex.device),
+        device_name=device_name(ex.device),
+        precision=ex.precision,
+        channels_last=ex.channels_last,
+        compile=ex.compile,
+        torch=torch.__version__,
+        hpstudy=__version__,
+    )
+    run.write_summary(summary)
+    return summary

@@ -1,0 +1,123 @@
+"""The plan: a study at a budget -> the configurations it trains. The one expansion.
+
+Validation before any training, the runner, `study status` and the cost
+benchmark all expand stages through `Plan.config`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
+from hpstudy.files import parse_model
+from hpstudy.study.spec import Stage, StudyConfig
+
+BUDGETS = ("full", "short", "smoke")
+EPOCH_DIVISORS = {"full": 1, "short": 10, "smoke": 150}
+SMOKE_LIMITS = {"limit_train": 2048, "limit_val": 512}
+# beyond this many combinations of earlier winners, each is checked on its own
+MAX_WINNER_COMBINATIONS = 4096
+
+
+def budget_epochs(epochs: int, budget: str) -> int:
+    """full: as written; short: /10; smoke: /150 (15 -> 1, 300 -> 2); rounding half up."""
+    return max(1, math.floor(epochs / EPOCH_DIVISORS[budget] + 0.5))
+
+
+def budget_warmup(warmup: int, budget: str) -> int:
+    """Warmup shrinks with the epochs (rounding half up, possibly to none)."""
+    return math.floor(warmup / EPOCH_DIVISORS[budget] + 0.5)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    setting: int  # index into the stage's values
+    label: str
+    value: Any
+    seed: int
+    config: RunConfig
+
+
+class Plan:
+    """`study` at `budget`, its runs' precision resolved for `device_type` (cpu or cuda)."""
+
+    def __init__(self, study: StudyConfig, budget: str, device_type: str = "cpu") -> None:
+        if budget not in BUDGETS:
+            raise HpstudyError(f"budget: must be one of {', '.join(BUDGETS)} (got {budget!r})")
+        self.study = study
+        self.budget = budget
+        self.device_type = device_type
+
+    def config(self, k: int, value: Any, winners: dict[str, Any], seed: int) -> RunConfig:
+        """Stage `k`'s run of `value` for `seed`, starting from the winners so far."""
+        study, stage = self.study, self.study.stages[k]
+        values = {**study.base, **winners, **stage.overrides, stage.field: value}
+        if self.budget == "smoke":
+            for key, limit in SMOKE_LIMITS.items():
+                values[key] = min(limit, values.get(key) or limit)
+        if self.budget != "full" and "warmup_epochs" in values:
+            values["warmup_epochs"] = budget_warmup(int(values["warmup_epochs"]), self.budget)
+        values.update(epochs=budget_epochs(stage.epochs, self.budget), seed=seed)
+        where = (
+            f"{study.source}: stage {k + 1} ({stage.name}), {stage.field} = {value!r}, "
+            f"budget {self.budget}"
+        )
+        config = parse_model(RunConfig, values, where).for_device(self.device_type)
+        if config.precision == "fp16" and self.device_type != "cuda":
+            raise HpstudyError(f"{where}: precision fp16 needs a CUDA device")
+        return config
+
+    def stage_runs(
+        self, k: int, winners: dict[str, Any], seeds: list[int] | None = None
+    ) -> list[PlannedRun]:
+        stage = self.study.stages[k]
+        return [
+            PlannedRun(i, stage.label(i), value, seed, self.config(k, value, winners, seed))
+            for i, value in enumerate(stage.values)
+            for seed in (seeds if seeds is not None else self.study.seeds)
+        ]
+
+    def validate(self) -> None:
+        """Expand every configuration the study can produce, whichever settings win."""
+        self.config_for_base()
+        stages = self.study.stages
+        for k in range(len(stages)):
+            earlier = [(s.field, s.values) for s in stages[:k]]
+            if math.prod(len(v) for _, v in earlier) <= MAX_WINNER_COMBINATIONS:
+                combos = (
+                    dict(zip([f for f, _ in earlier], pick, strict=True))
+                    for pick in itertools.product(*(v for _, v in earlier))
+                )
+            else:
+                combos = ({f: v} for f, values in earlier for v in values)
+            for winners in combos:
+                for value in stages[k].values:
+                    self.config(k, value, winners, self.study.seeds[0])
+
+    def config_for_base(self) -> RunConfig:
+        where = f"{self.study.source}: base"
+        return parse_model(RunConfig, self.study.base, where).for_device(self.device_type)
+
+    def distinct_runs(self, pick: Callable[[Stage], int] | None = None) -> list[RunConfig]:
+        """Every run the study trains, once each, with `pick(stage)` as each stage's winner
+        (default: the published winner where named, else the first setting)."""
+        pick = pick or published_or_first
+        runs: dict[str, RunConfig] = {}
+        for seed in self.study.seeds:
+            winners: dict[str, Any] = {}
+            for k, stage in enumerate(self.study.stages):
+                for value in stage.values:
+                    config = self.config(k, value, winners, seed)
+                    runs.setdefault(config.run_hash(), config)
+                winners[stage.field] = stage.values[pick(stage)]
+        return list(runs.values())
+
+
+def published_or_first(stage: Stage) -> int:
+    settings = stage.settings()
+    return settings.index(stage.published_winner) if stage.published_winner in settings else 0

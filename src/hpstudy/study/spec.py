@@ -1,0 +1,212 @@
+"""The study file: its typed model (StudyConfig), loading from TOML or a built-in name, identity.
+
+A study is data. Everything that changes results (base, stages' fields, values,
+epochs, overrides, selection, the final split, the budget) is its identity;
+names, descriptions, labels, seeds and published numbers are not, so fixing a
+typo or adding seeds never locks a study folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
+from hpstudy.files import parse_model
+
+# fields a stage may not vary: the study decides them
+RESERVED_FIELDS = frozenset({"seed", "epochs"})
+MAX_SEED = 2**32 - 1
+Selection = Literal["val_acc", "val_loss"]
+
+
+class Published(BaseModel):
+    """A setting's values as the published study printed them."""
+
+    model_config = ConfigDict(extra="forbid")
+    train_loss: float | None = None
+    train_acc: float | None = None
+    val_loss: float | None = None
+    val_acc: float | None = None
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    field: str
+    values: list[Any] = Field(min_length=1)
+    labels: list[str] | None = None
+    epochs: int = Field(ge=1)
+    overrides: dict[str, Any] = {}
+    figure: int | None = Field(None, ge=1)  # the stage figure's number in the report
+    published: dict[str, Published] = {}
+    published_winner: str | None = None
+
+    @field_validator("field")
+    @classmethod
+    def _known_field(cls, v: str) -> str:
+        if v not in RunConfig.model_fields or v in RESERVED_FIELDS:
+            raise ValueError(f"{v!r} is not a RunConfig field a stage can vary")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Stage:
+        if self.labels is not None and len(self.labels) != len(self.values):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.values)} values")
+        if len({json.dumps(v, sort_keys=True) for v in self.values}) != len(self.values):
+            raise ValueError("values repeat")
+        if len(set(self.settings())) != len(self.values):
+            raise ValueError("two values have the same label")
+        unknown = sorted(set(self.published) - set(self.settings()))
+        if unknown:
+            raise ValueError(f"published values for unknown settings {unknown}")
+        if self.published_winner is not None and self.published_winner not in self.settings():
+            raise ValueError(f"published_winner {self.published_winner!r} is not a setting")
+        for key in ("seed", "epochs", self.field):
+            if key in self.overrides:
+                raise ValueError(f"overrides may not set {key!r}")
+        return self
+
+    def label(self, i: int) -> str:
+        return self.labels[i] if self.labels else format_value(self.values[i])
+
+    def settings(self) -> list[str]:
+        return [self.label(i) for i in range(len(self.values))]
+
+
+class Final(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    split: Literal["test"] = "test"
+
+
+class ReportFigures(BaseModel):
+    """Numbers of the report's figures that are not a stage's (absent: numbered in order)."""
+
+    model_config = ConfigDict(extra="forbid")
+    class_proportions: int | None = Field(None, ge=1)
+    lr_schedule: int | None = Field(None, ge=1)  # shown only where a stage varies `schedule`
+    mixup_beta: int | None = Field(None, ge=1)  # shown only where a stage varies `mixup_alpha`
+
+
+class ReportSpec(BaseModel):
+    """What the report says of a published study; a new study leaves it empty."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = None
+    published_test_top1: float | None = Field(None, ge=0, le=1)
+    published_test_loss: str | None = None  # printed as given, beside the measured loss
+    notes: list[str] = []  # paragraphs under the title
+    figures: ReportFigures = ReportFigures()
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    description: str = ""
+    seeds: list[int] = Field([0], min_length=1)
+    selection: Selection = "val_acc"
+    base: dict[str, Any] = {}
+    stages: list[Stage] = Field(min_length=1)
+    final: Final = Final()
+    report: ReportSpec = ReportSpec()
+    _source: str = PrivateAttr("study")
+
+    @property
+    def source(self) -> str:
+        """Where the study was read from, for error messages: a path or `NAME (built-in)`."""
+        return self._source
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or min(v) < 0 or max(v) > MAX_SEED:
+            raise ValueError(f"seeds must be distinct integers in 0..{MAX_SEED}")
+        return v
+
+    @model_validator(mode="after")
+    def _figures(self) -> StudyConfig:
+        numbers = [s.figure for s in self.stages if s.figure is not None]
+        numbers += [n for n in self.report.figures.model_dump().values() if n is not None]
+        if len(numbers) != len(set(numbers)):
+            raise ValueError(f"figure numbers repeat: {sorted(numbers)}")
+        for key in self.base:
+            if key in RESERVED_FIELDS:
+                raise ValueError(f"base may not set {key!r}: seeds and stages decide it")
+        return self
+
+    def identity(self, budget: str) -> dict[str, Any]:
+        """What changes results: two studies with equal identities share a folder."""
+        return {
+            "base": self.base,
+            "stages": [
+                {"field": s.field, "values": s.values, "epochs": s.epochs, "overrides": s.overrides}
+                for s in self.stages
+            ],
+            "selection": self.selection,
+            "final": self.final.model_dump(),
+            "budget": budget,
+        }
+
+    def identity_hash(self, budget: str) -> str:
+        text = json.dumps(self.identity(budget), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def format_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("hpstudy") / "studies"
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def load_study(spec: str | Path) -> StudyConfig:
+    """A TOML file, or the name of a built-in study; every problem is one HpstudyError."""
+    path = Path(spec)
+    if str(spec) in builtin_names() and not path.exists():
+        where = f"{spec} (built-in)"
+        text = (resources.files("hpstudy") / "studies" / f"{spec}.toml").read_bytes()
+    elif path.is_file():
+        where = str(path)
+        try:
+            text = path.read_bytes()
+        except OSError as err:
+            raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
+    else:
+        known = ", ".join(builtin_names())
+        raise HpstudyError(f"{spec}: no such study file or built-in study (built-ins: {known})")
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise HpstudyError(f"{where}: not valid TOML ({err})") from None
+    study = parse_model(StudyConfig, raw, where)
+    study._source = where
+    return study
+
+
+def describe(study: StudyConfig) -> str:
+    lines = [
+        f"{study.name}: {study.description}",
+        f"seeds {study.seeds}, winner by {study.selection}",
+        "base: " + ", ".join(f"{k}={format_value(v)}" for k, v in study.base.items()),
+    ]
+    for i, stage in enumerate(study.stages, 1):
+        extra = f", overrides {stage.overrides}" if stage.overrides else ""
+        lines.append(
+            f"stage {i} {stage.name}: {stage.field} in [{', '.join(stage.settings())}], "
+            f"{stage.epochs} epochs{extra}"
+        )
+    lines.append(
+        f"final: winner of stage {len(study.stages)} evaluated once on {study.final.split}"
+    )
+    return "\n".join(lines)

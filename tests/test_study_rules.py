@@ -1,0 +1,214 @@
+"""What a study promises beyond training: validation before any run, retries, identity, folders."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import assert_one_line_error, run_hpstudy
+
+from hpstudy import cli
+from hpstudy.config import RunConfig
+from hpstudy.executors import DataOptions, Job
+from hpstudy.executors.local import LocalExecutor
+from hpstudy.run import RunDir
+from hpstudy.study import Plan, load_study, run_study
+
+HEAD = """
+name = "rules"
+description = "{description}"
+seeds = {seeds}
+[base]
+width = 0.125
+batch_size = 64
+limit_train = 128
+limit_val = 64
+device = "cpu"
+"""
+LR_STAGE = """
+[[stages]]
+name = "lr"
+field = "lr"
+values = [0.01, 0.05]
+epochs = 1
+{published}
+"""
+
+
+def write_study(folder: Path, *, description: str = "first", seeds: str = "[0]",
+                published: str = "", extra: str = "") -> Path:  # fmt: skip
+    path = folder / "study.toml"
+    text = HEAD.format(description=description, seeds=seeds)
+    path.write_text(text + LR_STAGE.format(published=published) + extra)
+    return path
+
+
+def mtimes(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("checkpoint.pt")}
+
+
+# ---------------------------------------------------------------- validation before training
+
+
+def test_warmup_shrinks_with_the_budget_instead_of_failing(tmp_path: Path) -> None:
+    path = write_study(tmp_path, extra="")
+    text = path.read_text().replace("[base]\n", "[base]\nwarmup_epochs = 3\n")
+    path.write_text(text.replace("epochs = 1\n", "epochs = 300\n"))
+    study = load_study(path)
+    assert Plan(study, "full").config(0, 0.05, {}, 0).warmup_epochs == 3
+    for budget in ("short", "smoke"):  # 300 -> 30 and 2 epochs, 3 -> 0 warmup epochs
+        Plan(study, budget).validate()
+        assert Plan(study, budget).config(0, 0.05, {}, 0).warmup_epochs == 0
+
+
+def test_a_combination_only_later_winners_make_is_refused_before_any_training(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    # stage 1 may pick nesterov = true; stage 2 then offers momentum 0, which nesterov forbids
+    extra = """
+[[stages]]
+name = "nesterov"
+field = "nesterov"
+values = [false, true]
+epochs = 1
+[[stages]]
+name = "momentum"
+field = "momentum"
+values = [0.0, 0.9]
+epochs = 1
+"""
+    path = write_study(tmp_path, extra=extra)
+    out = tmp_path / "out"
+    result = run_hpstudy("study", "run", str(path), "--out", str(out), "--budget", "smoke",
+                         "--root", str(synthetic_root), "--no-verify")  # fmt: skip
+    line = assert_one_line_error(result, "stage 3 (momentum)", "nesterov")
+    assert "budget smoke" in line
+    assert not out.exists()  # nothing claimed, nothing trained
+
+
+def test_missing_data_leaves_no_half_claimed_folder(tmp_path: Path) -> None:
+    path = write_study(tmp_path)
+    out, empty = tmp_path / "out", tmp_path / "empty"
+    empty.mkdir()
+    result = run_hpstudy("study", "run", str(path), "--out", str(out), "--root", str(empty))
+    assert_one_line_error(result, "cannot download CIFAR-100")
+    assert not out.exists()
+    assert "not a study folder" in assert_one_line_error(run_hpstudy("study", "status", str(out)))
+
+
+# ---------------------------------------------------------------- failures are retried
+
+
+def test_a_failed_run_is_retried_by_the_next_study_run(
+    tmp_path: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpstudy import executors
+
+    real_train = executors.train
+
+    def flaky(config: RunConfig, run_dir: Path, **kw: Any) -> Any:
+        if config.lr == 0.01:
+            raise RuntimeError("disk on fire")
+        return real_train(config, run_dir, **kw)
+
+    path, out = write_study(tmp_path), tmp_path / "out"
+    monkeypatch.setattr(executors, "train", flaky)
+    state = run_study(path, out=out, root=str(synthetic_root), verify=False)
+    assert state.status == "incomplete"
+    failed = state.failed_runs()
+    assert [(s.label, r.error) for _, s, r in failed] == [("0.01", "RuntimeError: disk on fire")]
+    assert "disk on fire" in (out / "report.md").read_text()
+
+    monkeypatch.setattr(executors, "train", real_train)
+    state = run_study(path, out=out, root=str(synthetic_root), verify=False)
+    assert state.status == "finished" and not state.failed_runs()
+    assert [r.status for s in state.stages[0].settings for r in s.runs] == ["finished"] * 2
+
+
+def test_a_dying_worker_fails_its_own_run_and_no_other(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    study = load_study(write_study(tmp_path))
+    plan = Plan(study, "full")
+    configs = [plan.config(0, lr, {}, 0).model_copy(update={"epochs": 3, "limit_train": 256})
+               for lr in (0.01, 0.02, 0.05)]  # fmt: skip
+    jobs = [Job(c, tmp_path / "runs" / c.run_hash(), f"lr {c.lr}") for c in configs]
+    executor = LocalExecutor(DataOptions(str(synthetic_root), False), workers=["cpu", "cpu"])
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (executor.run(jobs), done.set()))
+    thread.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((j.run_dir / "checkpoint.pt").exists() for j in jobs):
+        time.sleep(0.02)
+    workers = multiprocessing.active_children()  # the executor's worker processes
+    assert workers, "no worker process is running"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert done.is_set()
+    outcomes = sorted(
+        (str(s.status), s.error or "") for s in (RunDir(j.run_dir).read_summary() for j in jobs)
+        if s is not None
+    )
+    assert len(outcomes) == 3
+    assert [o[0] for o in outcomes] == ["failed", "finished", "finished"]
+    assert outcomes[0][1].startswith("worker process died (exit code -9)")
+
+
+# ---------------------------------------------------------------- identity of a study folder
+
+
+def test_descriptions_and_published_values_do_not_lock_the_folder_and_seeds_add_runs(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    out = tmp_path / "out"
+    first = run_study(write_study(tmp_path), out=out, root=str(synthetic_root), verify=False)
+    assert first.status == "finished"
+    before = mtimes(out)
+    assert len(before) == 2
+    edited = write_study(
+        tmp_path,
+        description="a typo fixed",
+        seeds="[0, 1]",
+        published="published.'0.05' = { val_acc = 0.467 }",
+    )
+    second = run_study(edited, out=out, root=str(synthetic_root), verify=False)
+    assert second.status == "finished" and second.seeds == [0, 1]
+    after = mtimes(out)
+    assert len(after) == 4  # the two seed-1 runs are new
+    assert all(after[p] == t for p, t in before.items())  # the seed-0 runs were not retrained
+    record = json.loads((out / "study.json").read_text())
+    assert record["study_hash"] == first.study_hash == second.study_hash
+
+
+def test_what_changes_results_is_a_different_study(tmp_path: Path, synthetic_root: Path) -> None:
+    out = tmp_path / "out"
+    run_study(write_study(tmp_path), out=out, root=str(synthetic_root), verify=False)
+    changed = write_study(tmp_path)
+    changed.write_text(changed.read_text().replace("values = [0.01, 0.05]", "values = [0.02]"))
+    result = run_hpstudy("study", "run", str(changed), "--out", str(out),
+                         "--root", str(synthetic_root), "--no-verify")  # fmt: skip
+    assert "holds a different study" in assert_one_line_error(result)
+
+
+# ---------------------------------------------------------------- help texts
+
+
+def test_help_names_the_real_default_folders_and_no_document_users_lack(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    texts = []
+    for argv in (["--help"], ["study", "run", "--help"], ["train", "--help"],
+                 ["evaluate", "--help"], ["data", "info", "--help"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        texts.append(capsys.readouterr().out)
+    assert "runs/NAME for the full budget, runs/NAME-BUDGET otherwise" in " ".join(texts[1].split())
+    for text in texts:
+        assert "SPEC" not in text and "§" not in text
