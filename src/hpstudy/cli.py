@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import types
 import typing
@@ -241,12 +242,20 @@ COMMANDS = {
 }
 
 
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except HpstudyError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the environment: a full disk, a folder we may not write
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{one_line(err.strerror or str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(
@@ -254,4 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception as err:  # a bug of ours: still one line, with the way to the details
+        if os.environ.get("HPSTUDY_DEBUG"):
+            raise
+        print(
+            f"error: internal error {type(err).__name__}: {one_line(str(err))[:300]} "
+            "(a bug in hpstudy: please report it; HPSTUDY_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 70
     return 0

@@ -20,6 +20,7 @@ from hpstudy.files import parse_model
 # Fields that change where or how fast a run executes, not what it computes.
 EXECUTION_FIELDS = frozenset({"device", "compile", "eval_batch_size"})
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+MAX_SEED = 2**32 - 1  # what every generator the run seeds (torch, numpy) takes
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -32,7 +33,10 @@ def resolve_precision(precision: str, device_type: str) -> str:
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # no NaN or infinity anywhere: no field of a run means anything with them
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
     # what is trained
     model: str = "mobilenet"
@@ -50,8 +54,8 @@ class RunConfig(BaseModel):
     mixup_alpha: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # randomness and data
-    seed: int = Field(0, ge=0)
-    split_seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     limit_train: int | None = Field(None, ge=1)
     limit_val: int | None = Field(None, ge=1)
     # execution: auto picks the fastest measured choice for the device

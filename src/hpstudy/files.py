@@ -41,8 +41,11 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_bytes().decode("utf-8"))
     except OSError as err:
         raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise HpstudyError(f"{path}: not valid JSON ({err})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # JSONDecodeError is a ValueError; so is a number too long to convert, and
+        # nesting too deep for the parser is a RecursionError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HpstudyError(f"{path}: not valid JSON ({first})") from None
 
 
 def validation_message(err: ValidationError) -> str:
@@ -53,6 +56,8 @@ def validation_message(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "value_error":  # our own validators' words, without pydantic's tag
+            msg = msg.removeprefix("Value error, ")
         elif "input" in e and e["type"] != "missing":
             shown = repr(e["input"])
             msg = f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"

@@ -397,7 +397,7 @@ def winner_para(study: Study, stage: StageState, finals: list[dict[str, Stat | N
         )
     elif stage.margin is not None:
         parts.append(f"Margin over the runner-up: {sig3(stage.margin)} {selection}; {spread}.")
-    if stage.verdict:
+    if stage.verdict and not stage.tie:  # a tie's verdict says what the sentence above says
         parts.append(stage.verdict)
     return Para(" ".join(parts))
 

@@ -94,7 +94,7 @@ def evaluate(
         model.load_state_dict(ckpt["model"])
         mean = torch.tensor(ckpt["normalization"]["mean"], device=ex.device)
         std = torch.tensor(ckpt["normalization"]["std"], device=ex.device)
-    except (KeyError, TypeError, RuntimeError) as err:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HpstudyError(f"{run.checkpoint_path}: does not fit this run ({first})") from None
     cifar = load_data(root, verify)

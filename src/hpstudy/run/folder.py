@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import stat
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,12 @@ class RunDir:
     def read_config(self) -> RunConfig:
         return read_model(self.config_path, RunConfig)
 
-    def claim(self, config: RunConfig) -> None:
-        """Make the folder this config's run, or refuse one that holds another run."""
+    def check(self, config: RunConfig) -> None:
+        """Refuse, writing nothing, a folder that cannot hold this config's run: a file, one
+        under a file, another run's, or one holding files but no config.json that are not a
+        run's own (those of a run that failed before its config was written)."""
+        if problem := not_a_folder(self.path):
+            raise HpstudyError(f"{self.path}: {problem}; choose another folder")
         if self.config_path.exists():
             held = self.read_config()
             if held.run_hash() != config.run_hash():
@@ -133,6 +138,30 @@ class RunDir:
                     f"{self.path} holds a different run ({held.run_hash()}, "
                     f"not {config.run_hash()}); choose another folder"
                 )
+            return
+        if foreign := self.foreign_files():
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise HpstudyError(
+                f"{self.path}: holds files but no config.json ({foreign[0]!r}{more}), so it is "
+                "not a run folder; choose another folder, or an empty one"
+            )
+
+    def foreign_files(self) -> list[str]:
+        """Names in the folder that are not a run's files (nor their temporary copies)."""
+        if not self.path.is_dir():
+            return []
+        own = (self.config_path, self.metrics_path, self.checkpoint_path, self.summary_path)
+        names = {p.name + tmp for p in (*own, self.error_log_path) for tmp in ("", ".tmp")}
+        try:
+            return sorted(p.name for p in self.path.iterdir() if p.name not in names)
+        except OSError as err:
+            raise HpstudyError(f"{self.path}: cannot read ({err.strerror or err})") from None
+
+    def claim(self, config: RunConfig) -> None:
+        """Make the folder this config's run (a folder and config.json: cheap, so callers
+        claim only once the data is there), or refuse one `check` refuses."""
+        self.check(config)
+        if self.config_path.exists():
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -150,17 +179,30 @@ class RunDir:
             text = self.metrics_path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise HpstudyError(f"{self.metrics_path}: cannot read ({err})") from None
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != METRIC_COLUMNS:
+        try:
+            table = list(csv.reader(io.StringIO(text)))
+        except csv.Error as err:
+            raise HpstudyError(f"{self.metrics_path}: not a CSV file ({err})") from None
+        if not table:
+            return []
+        if tuple(table[0]) != METRIC_COLUMNS:
+            shown = ",".join(table[0])[:80]
             raise HpstudyError(
-                f"{self.metrics_path}: columns {reader.fieldnames} are not {list(METRIC_COLUMNS)}"
+                f"{self.metrics_path}: header {shown!r} is not {','.join(METRIC_COLUMNS)}"
             )
         rows = []
-        for line, raw in enumerate(reader, start=2):
+        for line, cells in enumerate(table[1:], start=2):
             try:
-                rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in raw.items()})
-            except (TypeError, ValueError):
-                raise HpstudyError(f"{self.metrics_path}: line {line} is not numeric") from None
+                if len(cells) != len(METRIC_COLUMNS):
+                    raise ValueError
+                rows.append(
+                    {k: (int(v) if k == "epoch" else float(v))
+                     for k, v in zip(METRIC_COLUMNS, cells, strict=True)}
+                )  # fmt: skip
+            except ValueError:
+                raise HpstudyError(
+                    f"{self.metrics_path}: line {line} is not {len(METRIC_COLUMNS)} numbers"
+                ) from None
         return rows
 
     def write_metrics(self, rows: list[MetricRow]) -> None:
@@ -213,6 +255,21 @@ class RunDir:
         return summary
 
 
+def not_a_folder(path: Path) -> str | None:
+    """Why `path` is not and cannot become a folder (it, or a folder above it, is a file)."""
+    for p in (path, *path.parents):
+        try:
+            mode = p.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there (yet), or under a file that a later p finds
+        except OSError as err:
+            return f"cannot read {p} ({err.strerror or err})"
+        if stat.S_ISDIR(mode):
+            return None
+        return "is a file, not a folder" if p == path else f"{p} is a file, not a folder"
+    return None
+
+
 def finite_row(row: MetricRow) -> bool:
     return all(math.isfinite(v) for v in row.values())
 
@@ -225,4 +282,5 @@ __all__ = [
     "RunStatus",
     "Summary",
     "finite_row",
+    "not_a_folder",
 ]

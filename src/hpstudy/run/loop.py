@@ -31,7 +31,7 @@ from hpstudy.progress import bar, log
 from hpstudy.run.device import Execution, build_model, device_name
 from hpstudy.run.device_data import DeviceData, device_data, load_data
 from hpstudy.run.evaluate import evaluate_arrays
-from hpstudy.run.folder import MetricRow, RunDir, RunStatus, Summary
+from hpstudy.run.folder import METRIC_COLUMNS, MetricRow, RunDir, RunStatus, Summary
 
 
 def learning_rate(config: RunConfig, epoch: int) -> float:
@@ -168,9 +168,11 @@ def resume(run: RunDir, trainer: Trainer, config: RunConfig) -> tuple[list[Metri
     try:
         trainer.load_state(ckpt)
         rows, start = list(ckpt["rows"]), int(ckpt["epoch"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HpstudyError(f"{run.checkpoint_path}: does not fit this run ({first})") from None
+    if not all(isinstance(r, dict) and tuple(r) == METRIC_COLUMNS for r in rows):
+        raise HpstudyError(f"{run.checkpoint_path}: its metric rows are not hpstudy's")
     if not 0 <= start <= config.epochs or len(rows) != start:
         raise HpstudyError(
             f"{run.checkpoint_path}: records epoch {start} of a {config.epochs}-epoch run"
@@ -191,13 +193,16 @@ def train(
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     run = RunDir(run_dir)
-    run.claim(config)
-    summary = run.read_summary()
-    if summary is not None and summary.status.done:
-        return summary
+    run.check(config)  # a folder this run cannot use is refused before the data loads
+    if run.config_path.exists():
+        run.claim(config)  # refuses a folder that holds another run
+        summary = run.read_summary()
+        if summary is not None and summary.status.done:
+            return summary
 
     d = device_data(load_data(root, verify), config, ex.device)
     trainer = Trainer.create(config, ex)
+    run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def run_study(
         study_hash=study.identity_hash(budget),
         identity=study.identity(budget),
     )
-    folder.check(record)
+    folder.check(record)  # a folder it may not use is refused before anything starts
     if done := already_done(folder, study):
         log(f"{folder.path}: study {study.name} ({budget}) already finished; nothing to do")
         log(report_line(folder))
@@ -101,31 +102,33 @@ def run_study(
         plan = Plan(study, budget, runner.device_type())
         plan.validate()
         summary = runner.call(data_summary, options, plan.config_for_base().split_seed)
-        folder.claim(record)  # only once the data is there: no half-claimed folder
-        state = StudyState(
-            name=study.name,
-            budget=budget,
-            study_hash=record.study_hash,
-            seeds=study.seeds,
-            selection=study.selection,
-            status="running",
-            report=study.report,
-            data=DataSummary(**summary),
-            stages=[],
-            final=None,
-            environment={},
-        )
-        run_stages(folder, plan, state, runner)
-        state.final = final_evaluation(folder, state, runner, options)
-        state.environment = {**runner.call(environment), "device": state.final.device}
+        # the folder is made only once the data is there (no half-claimed folder), and
+        # written by this process alone from study.json to the report
+        with folder.lock():
+            folder.claim(record)
+            state = StudyState(
+                name=study.name,
+                budget=budget,
+                study_hash=record.study_hash,
+                seeds=study.seeds,
+                selection=study.selection,
+                status="running",
+                report=study.report,
+                data=DataSummary(**summary),
+                stages=[],
+                final=None,
+                environment={},
+            )
+            run_stages(folder, plan, state, runner)
+            state.final = final_evaluation(folder, state, runner, options)
+            state.environment = {**runner.call(environment), "device": state.final.device}
+            failed = state.failed_runs()
+            state.status = "incomplete" if failed else "finished"
+            state.wall_seconds_this_invocation = time.perf_counter() - started
+            conclude(folder, state, write_report)
     finally:
         runner.close()
 
-    failed = state.failed_runs()
-    state.status = "incomplete" if failed else "finished"
-    state.wall_seconds_this_invocation = time.perf_counter() - started
-    folder.write_state(state)
-    write_report(folder.path)
     t = state.final.test_top1
     log(f"study {study.name} ({budget}) {state.status}: test top-1 {t.mean:.4f}")
     if failed:
@@ -137,12 +140,35 @@ def run_study(
     return state
 
 
+def conclude(folder: StudyFolder, state: StudyState, write_report: Callable[[Path], Path]) -> None:
+    """The final state, then the report: a study is done only once both exist.
+
+    The report shows state.json, so the state is written first; the old report goes
+    before it, so a kill in between leaves a finished state without report.md, which
+    is not done (`already_done`) and the next `study run` writes the report. A report
+    that fails sets the state back to running and says so in one line.
+    """
+    folder.drop_report()
+    folder.write_state(state)
+    try:
+        write_report(folder.path)
+    except BaseException as err:
+        status, state.status = state.status, "running"
+        folder.write_state(state)
+        if isinstance(err, HpstudyError):
+            raise HpstudyError(
+                f"{folder.path}: the study is {status} but its report could not be written "
+                f"({err}); run the same command again to write it"
+            ) from None
+        raise
+
+
 def already_done(folder: StudyFolder, study: StudyConfig) -> StudyState | None:
     """The state of a study finished with these seeds and reported; else None."""
     if not folder.state_path.exists():
         return None
     state = folder.read_state()
-    finished = state.status == "finished" and (folder.path / "report.md").exists()
+    finished = state.status == "finished" and folder.report_path.exists()
     return state if finished and state.seeds == study.seeds else None
 
 
@@ -170,7 +196,12 @@ def run_stages(folder: StudyFolder, plan: Plan, state: StudyState, runner: Execu
         if chosen.winner is None:
             raise no_usable_run(chosen)
         winners[stage.field] = stage.values[chosen.winner]
-        log(f"stage {stage.name}: winner {chosen.settings[chosen.winner].label} — {chosen.verdict}")
+        label = chosen.settings[chosen.winner].label
+        published = ""
+        if stage.published_winner is not None:
+            same = stage.published_winner == label
+            published = " (as published)" if same else f" (published: {stage.published_winner})"
+        log(f"stage {stage.name}: winner {label}{published} — {chosen.verdict}")
 
 
 def expand_stage(
@@ -178,10 +209,12 @@ def expand_stage(
 ) -> tuple[StageState, list[Job]]:
     """Stage k's runs given the winners so far, and the jobs still to train.
 
-    A configuration met in an earlier stage (`seen`) is reused, not trained again.
+    A configuration met in an earlier stage (`seen`) is reused, not trained again,
+    unless its run folder vanished since: then this stage trains it.
     """
     stage = plan.study.stages[k]
     jobs: list[Job] = []
+    queued: set[str] = set()
     entries: dict[int, list[RunEntry]] = {i: [] for i in range(len(stage.values))}
     for planned in plan.stage_runs(k, winners):
         run_hash = planned.config.run_hash()
@@ -196,7 +229,8 @@ def expand_stage(
                 reused=reused,
             )
         )
-        if not reused and not RunDir(run_dir).status().done:
+        if run_hash not in queued and needs_training(RunDir(run_dir).status(), reused):
+            queued.add(run_hash)
             label = f"{stage.name} / {planned.label} / seed {planned.seed}"
             jobs.append(Job(planned.config, run_dir, label))
     settings = [
@@ -217,6 +251,14 @@ def expand_stage(
         published_winner=stage.published_winner,
     )
     return stage_state, jobs
+
+
+def needs_training(status: RunStatus, reused: bool) -> bool:
+    """A run not done trains; a reused one too if its folder vanished since its stage (a
+    reused run that failed there is retried by the next `study run`, like any failed run)."""
+    if status.done:
+        return False
+    return not reused or status in (RunStatus.PENDING, RunStatus.PARTIAL)
 
 
 def refresh(folder: StudyFolder, state: StudyState) -> None:

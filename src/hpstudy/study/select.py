@@ -93,12 +93,6 @@ def select(stage: StageState, selection: str) -> StageState:
                 f"{label} beats {rival} by {margin:.4f} {selection}, within seed noise (largest "
                 f"seed std {spread:.4f}): the settings are not distinguishable at these seeds."
             )
-    if stage.published_winner is not None:
-        verdict += (
-            " Same winner as the published study."
-            if stage.published_winner == label
-            else f" The published study chose {stage.published_winner}."
-        )
     return stage.model_copy(
         update={"winner": winner, "runner_up": runner_up, "margin": margin, "spread": spread,
                 "tie": bool(tie), "tie_break": tie_break, "verdict": verdict}

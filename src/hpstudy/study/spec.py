@@ -11,20 +11,42 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+import unicodedata
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
-from hpstudy.config import RunConfig
+from hpstudy.config import MAX_SEED, RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.files import parse_model
 
 # fields a stage may not vary: the study decides them
 RESERVED_FIELDS = frozenset({"seed", "epochs"})
-MAX_SEED = 2**32 - 1
+MAX_NAME = 100
+# control, format, surrogate and line/paragraph-separator characters: never in a name
+NON_PRINTING = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 Selection = Literal["val_acc", "val_loss"]
+
+
+def scalar(value: Any) -> Any:
+    """A RunConfig value in a study file is a number, a string or a boolean: TOML dates,
+    times, arrays and tables mean nothing to a run."""
+    if not isinstance(value, bool | int | float | str):
+        raise ValueError(f"must be a number, string or boolean, not a {type(value).__name__}")
+    return value
+
+
+Scalar = Annotated[Any, AfterValidator(scalar)]
 
 
 class Published(BaseModel):
@@ -41,10 +63,10 @@ class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
     field: str
-    values: list[Any] = Field(min_length=1)
+    values: list[Scalar] = Field(min_length=1)
     labels: list[str] | None = None
     epochs: int = Field(ge=1)
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Scalar] = {}
     figure: int | None = Field(None, ge=1)  # the stage figure's number in the report
     published: dict[str, Published] = {}
     published_winner: str | None = None
@@ -108,11 +130,11 @@ class ReportSpec(BaseModel):
 
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     description: str = ""
     seeds: list[int] = Field([0], min_length=1)
     selection: Selection = "val_acc"
-    base: dict[str, Any] = {}
+    base: dict[str, Scalar] = {}
     stages: list[Stage] = Field(min_length=1)
     final: Final = Final()
     report: ReportSpec = ReportSpec()
@@ -122,6 +144,23 @@ class StudyConfig(BaseModel):
     def source(self) -> str:
         """Where the study was read from, for error messages: a path or `NAME (built-in)`."""
         return self._source
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """The default folder is runs/NAME: a name that is a path would write elsewhere."""
+        if (
+            "/" in v
+            or "\\" in v
+            or ".." in v
+            or v.startswith(".")
+            or any(unicodedata.category(c) in NON_PRINTING for c in v)
+        ):
+            raise ValueError(
+                "a study name is a name, not a path: no '/', '\\', '..', leading '.' "
+                "or control characters"
+            )
+        return v
 
     @field_validator("seeds")
     @classmethod

@@ -2,11 +2,15 @@
 
 state.json is the report's input. It is a StudyState: every key is required and
 typed, so a missing or renamed key is an error when it is read, never a silent
-"—" in a report. The run folders under `runs/` belong to `hpstudy.run`.
+"—" in a report. The run folders under `runs/` belong to `hpstudy.run`, the
+report's files to `hpstudy.report`. StudyFolder decides which folders a study
+may use (its own, or an empty one) and holds the one-writer lock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from hpstudy.errors import HpstudyError
 from hpstudy.files import read_model, write_model
 from hpstudy.run import RunStatus
+from hpstudy.run.folder import not_a_folder
+from hpstudy.study.lock import LOCK_NAME, check_free, hold
 from hpstudy.study.spec import Published, ReportSpec, Selection
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -139,8 +145,17 @@ class StudyRecord(Record):
     identity: dict[str, Any]
 
 
+# what hpstudy may leave in a study folder before its study.json exists
+OWN_BEFORE_RECORD = frozenset({LOCK_NAME, "study.json.tmp"})
+
+
 class StudyFolder:
-    """A study's folder: study.json, state.json and the runs/ that hold its run folders."""
+    """A study's folder: study.json, state.json and the runs/ that hold its run folders.
+
+    `check` refuses a folder the study may not use before anything is started;
+    `lock` makes the folder and holds it for one `study run`; `claim` (under the
+    lock) writes study.json. Reading (status, report) needs no lock.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -153,30 +168,69 @@ class StudyFolder:
     def state_path(self) -> Path:
         return self.path / "state.json"
 
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.md"
+
     def run_dir(self, run_hash: str) -> Path:
         return self.path / "runs" / run_hash
 
     def read_record(self) -> StudyRecord | None:
-        return read_model(self.record_path, StudyRecord) if self.record_path.exists() else None
+        if not self.record_path.exists():
+            return None
+        return read_model(self.record_path, StudyRecord)
 
     def check(self, record: StudyRecord) -> None:
-        """Refuse a folder that holds another study (or another budget of this one)."""
+        """Refuse, writing nothing, a folder this study cannot use: a file, a folder under a
+        file, a folder of files hpstudy did not write, another study's, one in use."""
+        self.check_holds(record)
+        if self.path.is_dir():
+            check_free(self.path)
+
+    def check_holds(self, record: StudyRecord) -> None:
+        if problem := not_a_folder(self.path):
+            raise HpstudyError(f"{self.path}: {problem}; use another --out")
         held = self.read_record()
-        if held is not None and held.study_hash != record.study_hash:
+        if held is None:
+            foreign = self.foreign_files()
+            if foreign:
+                more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+                raise HpstudyError(
+                    f"{self.path}: holds files but no study.json ({foreign[0]!r}{more}), so it "
+                    "is not a study folder hpstudy made; use another --out, or an empty folder"
+                )
+        elif held.study_hash != record.study_hash:
             raise HpstudyError(
                 f"{self.path} holds a different study ({held.name}, budget {held.budget}, "
                 f"{held.study_hash}); use another --out"
             )
 
-    def claim(self, record: StudyRecord) -> None:
-        self.check(record)
-        if self.record_path.exists():
-            return
+    def foreign_files(self) -> list[str]:
+        """Names in a folder without study.json that hpstudy did not put there."""
+        if not self.path.is_dir():
+            return []
+        try:
+            return sorted(p.name for p in self.path.iterdir() if p.name not in OWN_BEFORE_RECORD)
+        except OSError as err:
+            raise HpstudyError(f"{self.path}: cannot read ({err.strerror or err})") from None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Make the folder and hold its lock for the block: one `study run` writes it at a
+        time; a second one gets one line naming the holder. Released when the process ends."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise HpstudyError(f"{self.path}: cannot create ({err.strerror or err})") from None
-        write_model(self.record_path, record)
+        with hold(self.path):
+            yield
+
+    def claim(self, record: StudyRecord) -> None:
+        """Under `lock()`: check the folder again (another run may have claimed it since the
+        first check) and write study.json."""
+        self.check_holds(record)
+        if not self.record_path.exists():
+            write_model(self.record_path, record)
 
     def read_state(self) -> StudyState:
         if not self.state_path.is_file():
@@ -185,3 +239,12 @@ class StudyFolder:
 
     def write_state(self, state: StudyState) -> None:
         write_model(self.state_path, state)
+
+    def drop_report(self) -> None:
+        """Remove report.md before the state changes: a report is current only if written
+        after the state it shows, so a kill in between leaves a study that is not done."""
+        try:
+            self.report_path.unlink(missing_ok=True)
+        except OSError as err:
+            reason = err.strerror or err
+            raise HpstudyError(f"{self.report_path}: cannot remove ({reason})") from None
