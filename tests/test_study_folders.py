@@ -312,10 +312,6 @@ def test_claim_takes_empty_folders_and_a_failed_runs_leftovers_and_check_writes_
     assert not fresh.path.exists()
 
 
-@pytest.mark.xfail(
-    reason="the data layer (data/archive.py download) makes the root before it downloads",
-    strict=False,
-)
 def test_a_mistyped_root_creates_no_folder(
     tmp_path: Path, study_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -325,7 +321,7 @@ def test_a_mistyped_root_creates_no_folder(
     )
     assert "cannot download CIFAR-100" in line
     assert not out.exists()  # holds: the study folder is made only once the data is there
-    assert not (tmp_path / "dtaa").exists()  # does not hold yet
+    assert not (tmp_path / "dtaa").exists()  # nor the data root: nothing could be fetched
 
 
 # ---------------------------------------------------------------- 4. one writer per folder

@@ -1,8 +1,9 @@
 """CIFAR-100 data layer, one step per module: archive -> arrays -> split/stats.
 
-`archive` finds, downloads, verifies and safely unpickles the dataset; `split`
-makes the seeded train/validation indices (the only 80/20); `stats` summarises
-pixels and classes. Everything public is re-exported here.
+`archive` finds, downloads, verifies, extracts and checks the dataset; `unpickle`
+opens its pickles without letting them run code; `split` makes the seeded
+train/validation indices (the only 80/20); `stats` summarises pixels and classes.
+Everything public is re-exported here.
 """
 
 from hpstudy.data.archive import (

@@ -222,7 +222,7 @@ class RunDir:
 
     def load_checkpoint(self, device: torch.device) -> dict[str, Any]:
         try:
-            return torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+            ckpt = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
         except Exception as err:  # a torn or foreign file: say which, without torch's advice
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if "weights_only" in reason or "Weights only load failed" in reason:
@@ -230,6 +230,12 @@ class RunDir:
             raise HpstudyError(
                 f"{self.checkpoint_path}: not a readable hpstudy checkpoint ({reason})"
             ) from None
+        if not isinstance(ckpt, dict):
+            raise HpstudyError(
+                f"{self.checkpoint_path}: not an hpstudy checkpoint (holds a "
+                f"{type(ckpt).__name__}, not a dict)"
+            )
+        return ckpt
 
     # ------------------------------------------------------------ outcome
 

@@ -1,0 +1,457 @@
+"""A corpus of hostile inputs: each ends in one `error:` line, a non-zero exit, no traceback,
+no file changed outside the folder it names, and no payload run.
+
+Cases run in-process through `hpstudy.cli.main` (the CLI's own error handling, without
+a torch import per case); a few run as a real subprocess too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cifar_archive import py2_pickle_bytes, write_cifar100
+from cli_helpers import assert_one_line_error, run_hpstudy
+
+from hpstudy import cli
+
+MARKER = "PAYLOAD_RAN"
+TINY = 'width = 0.125\nbatch_size = 64\nlimit_train = 128\nlimit_val = 64\ndevice = "cpu"\n'
+STAGE = '[[stages]]\nname = "lr"\nfield = "lr"\nvalues = [0.01, 0.05]\nepochs = 1\n'
+
+
+class Payload:
+    """Unpickling this runs a shell command that leaves the marker file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.command = f"touch {folder / MARKER}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, (self.command,))
+
+
+def study_text(name: str = "hostile", base: str = TINY, stages: str = STAGE, head: str = "") -> str:
+    return f'name = "{name}"\n{head}[base]\n{base}{stages}'
+
+
+@dataclass
+class Case:
+    """`setup(tmp, env)` builds the inputs and returns the argv (a key it adds to `env` is
+    set as an environment variable); `named` is the folder the command may write in
+    (relative to tmp), None when it may write nowhere."""
+
+    id: str
+    setup: Callable[[Path, dict[str, Path]], list[str]]
+    needle: str
+    named: str | None = None
+
+
+def data_root(tmp: Path, **files: bytes) -> Path:
+    """A copy of a small valid dataset with some files replaced."""
+    root = tmp / "data"
+    write_cifar100(root, n_train=60, n_test=20, classes=10)
+    for name, payload in files.items():
+        (root / "cifar-100-python" / name).write_bytes(payload)
+    return root
+
+
+def split_pickle(data: object, fine: object = None, coarse: object = None) -> bytes:
+    n = len(data) if isinstance(data, np.ndarray) else 2
+    fine = list(range(n)) if fine is None else fine
+    coarse = [0] * n if coarse is None else coarse
+    return py2_pickle_bytes({b"data": data, b"fine_labels": fine, b"coarse_labels": coarse})
+
+
+def info(root: Path) -> list[str]:
+    return ["data", "info", "--root", str(root), "--no-verify"]
+
+
+def data_case(id: str, needle: str, **files: Callable[[Path], bytes]) -> Case:
+    def setup(tmp: Path, env: dict[str, Path]) -> list[str]:
+        return info(data_root(tmp, **{k: f(tmp) for k, f in files.items()}))
+
+    return Case(id, setup, needle)
+
+
+IMAGES = np.zeros((2, 3072), np.uint8)
+DATA_CASES = [
+    data_case("truncated-pickle", "train", train=lambda t: split_pickle(IMAGES)[:40]),
+    data_case("garbage-pickle", "train", train=lambda t: os.urandom(2000)),
+    data_case("empty-file", "train", train=lambda t: b""),
+    data_case("os-system", "refusing", train=lambda t: pickle.dumps(Payload(t), protocol=2)),
+    data_case("os-system-nested", "refusing",
+              train=lambda t: pickle.dumps({b"data": Payload(t)}, protocol=2)),
+    data_case("eval", "refusing", train=lambda t: pickle.dumps(eval, protocol=2)),
+    data_case("object-array", "train",
+              train=lambda t: pickle.dumps(np.array([Payload(t)], dtype=object), protocol=2)),
+    data_case("not-a-dict", "train", train=lambda t: pickle.dumps([1, 2, 3], protocol=2)),
+    data_case("int-pickle", "train", train=lambda t: pickle.dumps(7, protocol=2)),
+    data_case("no-data-key", "data", train=lambda t: py2_pickle_bytes({b"fine_labels": []})),
+    data_case("wrong-dtype", "data", train=lambda t: split_pickle(np.zeros((2, 3072), np.int32))),
+    data_case("wrong-shape", "data", train=lambda t: split_pickle(np.zeros((2, 100), np.uint8))),
+    data_case("empty-test-split", "test", test=lambda t: split_pickle(IMAGES[:0])),
+    data_case("float-labels", "fine_labels", train=lambda t: split_pickle(IMAGES, [1.5, 2.5])),
+    data_case("string-labels", "fine_labels", train=lambda t: split_pickle(IMAGES, ["a", "b"])),
+    data_case("labels-out-of-range", "fine_labels", train=lambda t: split_pickle(IMAGES, [0, 100])),
+    data_case("label-count", "fine_labels", train=lambda t: split_pickle(IMAGES, [0])),
+    data_case("meta-without-names", "meta", meta=lambda t: py2_pickle_bytes({b"x": 1})),
+    data_case("meta-wrong-count", "meta",
+              meta=lambda t: py2_pickle_bytes({b"fine_label_names": [b"a"],
+                                               b"coarse_label_names": [b"b"]})),
+]
+
+
+def garbage_archive(tmp: Path, env: dict[str, Path]) -> list[str]:
+    root = tmp / "garbage"
+    root.mkdir()
+    (root / "cifar-100-python.tar.gz").write_bytes(os.urandom(5000))
+    return ["data", "info", "--root", str(root)]
+
+
+def root_is_file(tmp: Path, env: dict[str, Path]) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return ["data", "info", "--root", str(tmp / "afile"), "--no-verify"]
+
+
+def wrong_md5(tmp: Path, env: dict[str, Path]) -> list[str]:
+    return ["data", "info", "--root", str(data_root(tmp))]  # verifying a hand-built copy
+
+
+def unknown_home(tmp: Path, env: dict[str, Path]) -> list[str]:
+    env["HPSTUDY_DATA"] = Path("~no-such-user-hpstudy/data")
+    return ["data", "info"]
+
+
+ENV_CASES = [
+    Case("garbage-archive", garbage_archive, "cifar-100-python.tar.gz"),
+    Case("root-is-a-file", root_is_file, "afile"),
+    Case("wrong-md5", wrong_md5, "md5"),
+    Case("unknown-user-home", unknown_home, "no-such-user-hpstudy"),
+]
+
+
+def study_case(id: str, text: str, needle: str, budget: str = "smoke") -> Case:
+    def setup(tmp: Path, env: dict[str, Path]) -> list[str]:
+        path = tmp / "study.toml"
+        path.write_text(text)
+        return ["study", "run", str(path), "--out", str(tmp / "out"), "--budget", budget,
+                "--root", str(env["root"]), "--no-verify"]  # fmt: skip
+
+    return Case(id, setup, needle)
+
+
+STUDY_CASES = [
+    study_case("toml-syntax", "name = [unclosed", "not valid TOML"),
+    study_case("toml-binary", "\udcff".encode("utf-8", "surrogateescape").decode("latin1"),
+               "study.toml"),
+    study_case("datetime-value", study_text(stages=STAGE.replace("0.01", "1979-05-27")),
+               "values.0: must be a number"),
+    study_case("datetime-base", study_text(base=TINY + "lr = 1979-05-27T07:32:00Z\n"), "lr"),
+    study_case("datetime-seed", study_text(head="seeds = [1979-05-27]\n"), "seeds"),
+    study_case("seed-beyond-2-32", study_text(head="seeds = [4294967296]\n"), "seeds"),
+    study_case("negative-lr", study_text(stages=STAGE.replace("0.01", "-0.01")), "lr"),
+    study_case("nan-lr", study_text(stages=STAGE.replace("0.01", "nan")), "lr"),
+    study_case("inf-width", study_text(base=TINY.replace("0.125", "inf")), "width"),
+    study_case("unknown-key", study_text(head="colour = 1\n"), "colour"),
+    study_case("unknown-base-key", study_text(base=TINY + "learning_rate = 1\n"), "learning_rate"),
+    study_case("unknown-field", study_text(stages=STAGE.replace('"lr"\nv', '"colour"\nv')),
+               "colour"),
+    study_case("values-repeat", study_text(stages=STAGE.replace("0.05", "0.01")), "repeat"),
+    study_case("labels-mismatch", study_text(stages=STAGE + 'labels = ["a"]\n'), "labels"),
+    study_case("no-stages", 'name = "x"\nstages = []\n', "stages"),
+    study_case("name-with-slash", study_text(name="../../escape"), "name"),
+    study_case("name-dotdot", study_text(name=".."), "name"),
+    study_case("name-leading-dot", study_text(name=".hidden"), "name"),
+    study_case("name-too-long", study_text(name="n" * 101), "name"),
+    study_case("epochs-string", study_text(stages=STAGE.replace("epochs = 1", 'epochs = "ten"')),
+               "epochs"),
+    study_case("nesterov-without-momentum",
+               study_text(base=TINY + "momentum = 0.0\nnesterov = true\n"), "nesterov"),
+    study_case("fp16-on-cpu", study_text(base=TINY + 'precision = "fp16"\n'), "fp16"),
+    study_case("bad-budget", study_text(), "budget", budget="huge"),
+]
+
+
+def study_file(tmp: Path) -> Path:
+    path = tmp / "study.toml"
+    path.write_text(study_text())
+    return path
+
+
+def out_is_file(tmp: Path, env: dict[str, Path]) -> list[str]:
+    (tmp / "out").write_text("mine")
+    return ["study", "run", str(study_file(tmp)), "--out", str(tmp / "out")]
+
+
+def out_under_file(tmp: Path, env: dict[str, Path]) -> list[str]:
+    (tmp / "out").write_text("mine")
+    return ["study", "run", str(study_file(tmp)), "--out", str(tmp / "out" / "sub")]
+
+
+def out_holds_user_files(tmp: Path, env: dict[str, Path]) -> list[str]:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "report.md").write_text("my own notes")
+    return ["study", "run", str(study_file(tmp)), "--out", str(tmp / "out"),
+            "--root", str(env["root"]), "--no-verify"]  # fmt: skip
+
+
+def copied_study(tmp: Path, env: dict[str, Path]) -> Path:
+    out = tmp / "out"
+    shutil.copytree(env["study"], out)
+    return out
+
+
+def doctored_study(file: str, content: Callable[[str], str | bytes], command: str) -> Callable:
+    def setup(tmp: Path, env: dict[str, Path]) -> list[str]:
+        out = copied_study(tmp, env)
+        path = out / file
+        new = content(path.read_text())
+        path.write_bytes(new if isinstance(new, bytes) else new.encode())
+        if command == "run":
+            return ["study", "run", str(env["study_toml"]), "--out", str(out),
+                    "--root", str(env["root"]), "--no-verify"]  # fmt: skip
+        return ["study", "status", str(out)] if command == "status" else ["report", str(out)]
+
+    return setup
+
+
+def drop_key(text: str) -> str:
+    state = json.loads(text)
+    del state["stages"][0]["epochs"]
+    return json.dumps(state)
+
+
+FOLDER_CASES = [
+    Case("out-is-a-file", out_is_file, "out"),
+    Case("out-under-a-file", out_under_file, "out"),
+    Case("out-holds-user-files", out_holds_user_files, "study.json", named="out"),
+    Case("status-not-a-study", lambda t, e: ["study", "status", str(t)], "not a study folder"),
+    Case("report-not-a-study", lambda t, e: ["report", str(t)], "not a study folder"),
+    Case("state-binary", doctored_study("state.json", lambda s: os.urandom(64), "status"),
+         "state.json", named="out"),
+    Case("state-truncated", doctored_study("state.json", lambda s: s[: len(s) // 2], "report"),
+         "state.json", named="out"),
+    Case("state-a-list", doctored_study("state.json", lambda s: "[1, 2]", "report"),
+         "state.json", named="out"),
+    Case("state-missing-key", doctored_study("state.json", drop_key, "report"), "epochs",
+         named="out"),
+    Case("state-wrong-type", doctored_study("state.json",
+         lambda s: s.replace('"budget": "smoke"', '"budget": 3'), "status"), "budget",
+         named="out"),
+    Case("study-json-corrupt", doctored_study("study.json", lambda s: "{", "run"),
+         "study.json", named="out"),
+    Case("study-json-other-study", doctored_study("study.json",
+         lambda s: s.replace(json.loads(s)["study_hash"], "0123456789ab"), "run"),
+         "different study", named="out"),
+]
+
+
+def copied_run(tmp: Path, env: dict[str, Path]) -> Path:
+    run = tmp / "run"
+    shutil.copytree(env["run"], run)
+    return run
+
+
+def doctored_run(file: str, content: Callable[[Path, Path], bytes], command: str) -> Callable:
+    def setup(tmp: Path, env: dict[str, Path]) -> list[str]:
+        run = copied_run(tmp, env)
+        (run / file).write_bytes(content(run / file, tmp))
+        if command == "evaluate":
+            return ["evaluate", str(run), "--root", str(env["root"]), "--no-verify"]
+        (run / "summary.json").unlink(missing_ok=True)  # resume from the checkpoint
+        config = json.loads((run / "config.json").read_text())
+        return ["train", "--out", str(run), "--root", str(env["root"]), "--no-verify",
+                "--width", str(config["width"]), "--epochs", str(config["epochs"]),
+                "--batch-size", str(config["batch_size"]), "--device", "cpu"]  # fmt: skip
+
+    return setup
+
+
+def edit_config(change: dict[str, object]) -> Callable[[Path, Path], bytes]:
+    return lambda path, tmp: json.dumps({**json.loads(path.read_text()), **change}).encode()
+
+
+def edit_checkpoint(change: Callable[[dict], object]) -> Callable[[Path, Path], bytes]:
+    def content(path: Path, tmp: Path) -> bytes:
+        ckpt = torch.load(path, weights_only=True)
+        buf = io.BytesIO()
+        torch.save(change(ckpt), buf)
+        return buf.getvalue()
+
+    return content
+
+
+def foreign_checkpoint(path: Path, tmp: Path) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"model": Payload(tmp)}, buf)  # torch.save pickles it: a code-running file
+    return buf.getvalue()
+
+
+def with_epoch(ckpt: dict, epoch: int) -> dict:
+    return {**ckpt, "epoch": epoch}
+
+
+def small_model(ckpt: dict) -> dict:
+    return {**ckpt, "model": {k: v[:1] if v.dim() else v for k, v in ckpt["model"].items()}}
+
+
+RUN_CASES = [
+    Case("config-unknown-key", doctored_run("config.json", edit_config({"colour": 1}), "evaluate"),
+         "colour", named="run"),
+    Case("config-wrong-type", doctored_run("config.json", edit_config({"lr": "fast"}), "evaluate"),
+         "lr", named="run"),
+    Case("config-binary", doctored_run("config.json", lambda p, t: os.urandom(40), "evaluate"),
+         "config.json", named="run"),
+    Case("config-a-list", doctored_run("config.json", lambda p, t: b"[]", "evaluate"),
+         "config.json", named="run"),
+    Case("summary-wrong-status", doctored_run("summary.json",
+         lambda p, t: p.read_bytes().replace(b'"finished"', b'"done"'), "evaluate"),
+         "status", named="run"),
+    Case("checkpoint-garbage", doctored_run("checkpoint.pt", lambda p, t: os.urandom(500),
+         "evaluate"), "checkpoint.pt", named="run"),
+    Case("checkpoint-foreign-code", doctored_run("checkpoint.pt", foreign_checkpoint, "evaluate"),
+         "checkpoint.pt", named="run"),
+    Case("checkpoint-missing-keys", doctored_run("checkpoint.pt",
+         edit_checkpoint(lambda c: {"epoch": c["epoch"]}), "evaluate"), "checkpoint.pt",
+         named="run"),
+    Case("checkpoint-wrong-shapes", doctored_run("checkpoint.pt", edit_checkpoint(small_model),
+         "evaluate"), "checkpoint.pt", named="run"),
+    Case("checkpoint-epoch-beyond", doctored_run("checkpoint.pt",
+         edit_checkpoint(lambda c: with_epoch(c, 99)), "train"), "epoch", named="run"),
+    Case("checkpoint-a-tensor", doctored_run("checkpoint.pt",
+         edit_checkpoint(lambda c: torch.zeros(3)), "train"), "checkpoint.pt",
+         named="run"),
+    Case("checkpoint-empty-zip", doctored_run("checkpoint.pt", lambda p, t: empty_zip(),
+         "evaluate"), "checkpoint.pt", named="run"),
+    Case("metrics-corrupt", lambda t, e: corrupt_metrics(t, e, b"epoch,lr\n1,x\n"), "metrics.csv",
+         named="out"),
+    Case("metrics-nul-bytes", lambda t, e: corrupt_metrics(t, e, b"\0" * 64), "metrics.csv",
+         named="out"),
+]
+
+
+def corrupt_metrics(tmp: Path, env: dict[str, Path], content: bytes) -> list[str]:
+    out = copied_study(tmp, env)
+    next(out.glob("runs/*/metrics.csv")).write_bytes(content)
+    return ["study", "status", str(out)]
+
+
+def empty_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", b"garbage")
+    return buf.getvalue()
+
+
+def train_args(env: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["train", "--root", str(env["root"]), "--no-verify", "--width", "0.125",
+            "--epochs", "1", "--limit-train", "64", "--limit-val", "32", "--device", "cpu",
+            "--out", str(out), *extra]  # fmt: skip
+
+
+def train_into_user_folder(tmp: Path, env: dict[str, Path]) -> list[str]:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("mine")
+    return train_args(env, tmp / "mine")
+
+
+def train_into_other_run(tmp: Path, env: dict[str, Path]) -> list[str]:
+    return train_args(env, copied_run(tmp, env), "--lr", "0.5")
+
+
+CLI_CASES = [
+    Case("train-negative-lr", lambda t, e: train_args(e, t / "r", "--lr", "-1"), "lr"),
+    Case("train-seed-2-40", lambda t, e: train_args(e, t / "r", "--seed", str(2**40)), "seed"),
+    Case("train-device-tpu", lambda t, e: train_args(e, t / "r", "--device", "tpu"), "device"),
+    Case("train-unknown-model", lambda t, e: train_args(e, t / "r", "--model", "vgg99"), "vgg99"),
+    Case("train-no-data", lambda t, e: train_args({"root": t / "nothing"}, t / "r"), "CIFAR-100"),
+    Case("train-into-user-folder", train_into_user_folder, "mine", named="mine"),
+    Case("train-into-other-run", train_into_other_run, "different run", named="run"),
+    Case("evaluate-unfinished", lambda t, e: ["evaluate", str(t)], "not a trained run"),
+    Case("evaluate-bad-split", lambda t, e: ["evaluate", str(t), "--split", "train"], "split"),
+    Case("devices-not-numbers", lambda t, e: ["study", "run", "seed-report", "--devices", "a,b",
+         "--out", str(t / "o")], "devices"),
+    Case("unknown-study", lambda t, e: ["study", "show", "no-such-study"], "no-such-study"),
+    Case("study-file-is-a-folder", lambda t, e: ["study", "show", str(t)], "no such study"),
+]
+
+CASES = DATA_CASES + ENV_CASES + STUDY_CASES + FOLDER_CASES + RUN_CASES + CLI_CASES
+
+
+def snapshot(folder: Path, skip: Path | None) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and (skip is None or not p.is_relative_to(skip))
+    }
+
+
+@pytest.fixture(scope="module")
+def env(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished run folder and a finished smoke study on the synthetic data, to doctor."""
+    base = tmp_path_factory.mktemp("hostile-base")
+    run = base / "run"
+    assert cli.main(["train", "--root", str(synthetic_root), "--no-verify", "--width", "0.125",
+                     "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+                     "--out", str(run)]) == 0  # fmt: skip
+    toml = base / "study.toml"
+    toml.write_text(study_text())
+    study = base / "study"
+    assert cli.main(["study", "run", str(toml), "--out", str(study), "--budget", "smoke",
+                     "--root", str(synthetic_root), "--no-verify"]) == 0  # fmt: skip
+    return {"root": synthetic_root, "run": run, "study": study, "study_toml": toml}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input_is_one_line(
+    case: Case,
+    env: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    given = dict(env)
+    argv = case.setup(tmp_path, given)
+    for key in given.keys() - env.keys():  # what a case adds is an environment variable
+        monkeypatch.setenv(key, str(given[key]))
+    named = tmp_path / case.named if case.named else None
+    before = snapshot(tmp_path, named)
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:  # argparse's usage errors end the parse with an exit
+        code = exit.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0, err
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert case.needle in lines[0], lines[0]
+    assert "weights_only" not in lines[0] and "internal error" not in lines[0]
+    assert snapshot(tmp_path, named) == before, "a file outside the named folder changed"
+    assert not list(tmp_path.rglob(MARKER)), "a payload ran"
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 60
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case_id", ["os-system", "checkpoint-foreign-code", "name-with-slash"])
+def test_hostile_input_through_a_real_process(
+    case_id: str, env: dict[str, Path], tmp_path: Path
+) -> None:
+    case = next(c for c in CASES if c.id == case_id)
+    argv = case.setup(tmp_path, env)
+    assert case.needle in assert_one_line_error(run_hpstudy(*argv))
+    assert not list(tmp_path.rglob(MARKER))
