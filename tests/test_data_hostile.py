@@ -804,6 +804,6 @@ def test_cli_hostile_array_with_payload(tmp_path: Path) -> None:
 def test_cli_unknown_user_and_garbage_archive(tmp_path: Path) -> None:
     result = run_cli("data", "download", env={"HPSTUDY_DATA": "~nosuchuser/data"})
     assert_one_line_error(result, "HPSTUDY_DATA '~nosuchuser/data'", "no such user")
-    root = root_with_archive(tmp_path, os.urandom(3000))
+    root = root_with_archive(tmp_path, random.Random(3).randbytes(3000))
     result = run_cli("data", "info", "--root", str(root), "--no-verify")
     assert_one_line_error(result, "cannot extract")

@@ -175,7 +175,10 @@ def _missing_folders(root: Path) -> list[Path]:
     """The folders `root.mkdir(parents=True)` would create, deepest first."""
     missing = []
     for path in (root, *root.parents):
-        if path.exists():
+        try:
+            if path.exists():
+                break
+        except OSError:  # a folder on the way we may not search: not ours to remove
             break
         missing.append(path)
     return missing
