@@ -16,6 +16,7 @@ from cli_helpers import assert_one_line_error, run_hpstudy
 
 from hpstudy import cli
 from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job
 from hpstudy.executors.local import LocalExecutor
 from hpstudy.run import RunDir
@@ -91,6 +92,18 @@ epochs = 1
     line = assert_one_line_error(result, "stage 3 (momentum)", "nesterov")
     assert "budget smoke" in line
     assert not out.exists()  # nothing claimed, nothing trained
+
+
+def test_what_the_device_decides_is_checked_once_the_device_is_known(tmp_path: Path) -> None:
+    path = write_study(tmp_path)
+    path.write_text(path.read_text().replace("[base]\n", '[base]\nprecision = "fp16"\n'))
+    plan = Plan(load_study(path), "smoke", device_type=None)
+    plan.validate()  # fp16 is fine on a GPU: not refused before the device is known
+    assert plan.config(0, 0.05, {}, 0).precision == "fp16"
+    with pytest.raises(HpstudyError, match="fp16 needs a CUDA device"):
+        Plan(load_study(path), "smoke", device_type="cpu").validate()
+    on_gpu = Plan(load_study(path), "smoke", device_type="cuda")
+    assert on_gpu.config(0, 0.05, {}, 0).precision == "fp16"
 
 
 def test_missing_data_leaves_no_half_claimed_folder(tmp_path: Path) -> None:

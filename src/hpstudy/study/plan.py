@@ -44,9 +44,10 @@ class PlannedRun:
 
 
 class Plan:
-    """`study` at `budget`, its runs' precision resolved for `device_type` (cpu or cuda)."""
+    """`study` at `budget`, its runs' precision resolved for `device_type` (cpu or cuda);
+    `None` while the device is not known yet: precision stays as written (`auto`)."""
 
-    def __init__(self, study: StudyConfig, budget: str, device_type: str = "cpu") -> None:
+    def __init__(self, study: StudyConfig, budget: str, device_type: str | None = "cpu") -> None:
         if budget not in BUDGETS:
             raise HpstudyError(f"budget: must be one of {', '.join(BUDGETS)} (got {budget!r})")
         self.study = study
@@ -67,10 +68,12 @@ class Plan:
             f"{study.source}: stage {k + 1} ({stage.name}), {stage.field} = {value!r}, "
             f"budget {self.budget}"
         )
-        config = parse_model(RunConfig, values, where).for_device(self.device_type)
+        config = parse_model(RunConfig, values, where)
+        if self.device_type is None:
+            return config
         if config.precision == "fp16" and self.device_type != "cuda":
             raise HpstudyError(f"{where}: precision fp16 needs a CUDA device")
-        return config
+        return config.for_device(self.device_type)
 
     def stage_runs(
         self, k: int, winners: dict[str, Any], seeds: list[int] | None = None
@@ -101,7 +104,8 @@ class Plan:
 
     def config_for_base(self) -> RunConfig:
         where = f"{self.study.source}: base"
-        return parse_model(RunConfig, self.study.base, where).for_device(self.device_type)
+        config = parse_model(RunConfig, self.study.base, where)
+        return config if self.device_type is None else config.for_device(self.device_type)
 
     def distinct_runs(self, pick: Callable[[Stage], int] | None = None) -> list[RunConfig]:
         """Every run the study trains, once each, with `pick(stage)` as each stage's winner

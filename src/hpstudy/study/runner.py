@@ -81,7 +81,9 @@ def run_study(
     from hpstudy.report import write_report
 
     study = load_study(spec)
-    Plan(study, budget).validate()  # a bad study fails before anything is started
+    # a bad study fails before anything is started; the device, and so what `auto`
+    # precision means and whether fp16 is possible, is known once the executor is
+    Plan(study, budget, device_type=None).validate()
     folder = StudyFolder(Path(out) if out is not None else default_out(study.name, budget))
     record = StudyRecord(
         name=study.name,
