@@ -103,7 +103,7 @@ class RayExecutor:
         """Where the runs will execute: the given device, else a GPU if the cluster has one."""
         import ray
 
-        if self.device is not None:
+        if self.device not in (None, "auto"):
             return "cuda" if self.device.startswith("cuda") else "cpu"
         self.connect()
         return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"

@@ -193,12 +193,10 @@ def train(
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     run = RunDir(run_dir)
-    run.check(config)  # a folder this run cannot use is refused before the data loads
-    if run.config_path.exists():
-        run.claim(config)  # refuses a folder that holds another run
-        summary = run.read_summary()
-        if summary is not None and summary.status.done:
-            return summary
+    run.check(config)  # a folder this run cannot use (another run's) is refused before the data
+    summary = run.read_summary()
+    if summary is not None and summary.status.done:
+        return summary
 
     d = device_data(load_data(root, verify), config, ex.device)
     trainer = Trainer.create(config, ex)
