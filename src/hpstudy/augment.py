@@ -1,4 +1,4 @@
-"""Batched training augmentation on tensors, on whatever device the batch lives on.
+"""Batched training augmentation (flip, pad-crop, mixup, CutMix) on tensors, on their device.
 
 Every random draw goes through an explicit generator so a run repeats exactly. A torch.Generator
 draws only on its own device: pass `torch.Generator(device=images.device)` for a CUDA batch.
@@ -76,3 +76,33 @@ def mixup_accuracy(
     """
     pred = logits.argmax(dim=1)
     return (lam * (pred == y).float() + (1 - lam) * (pred == y_partner).float()).sum()
+
+
+def cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """timm's box for a CutMix weight λ: sides √(1 − λ) of the image's, centred at a uniform
+    pixel, clipped to the image. Returns (top, bottom, left, right), bottom and right exclusive.
+    """
+    ratio = float(np.sqrt(1 - lam))
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+    top, bottom = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height))
+    left, right = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width))
+    return top, bottom, left, right
+
+
+def cutmix(
+    x: torch.Tensor, lam: float, generator: torch.Generator, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Paste one box of a random partner of the same batch into every image (timm's CutMix).
+
+    Returns (mixed, partner, λ) with λ corrected to the share of each image left uncovered by
+    the clipped box, so the caller mixes the loss as with mixup:
+    λ·CE(out, y) + (1 − λ)·CE(out, y[partner]).
+    """
+    partner = torch.randperm(x.shape[0], generator=generator, device=x.device)
+    height, width = x.shape[-2:]
+    top, bottom, left, right = cutmix_box(lam, height, width, rng)
+    mixed = x.clone()
+    mixed[:, :, top:bottom, left:right] = x[partner][:, :, top:bottom, left:right]
+    area = (bottom - top) * (right - left)
+    return mixed, partner, 1 - area / (height * width)

@@ -19,6 +19,11 @@ from hpstudy.files import parse_model
 
 # Fields that change where or how fast a run executes, not what it computes.
 EXECUTION_FIELDS = frozenset({"device", "compile", "eval_batch_size"})
+# Fields added after run folders existed: left out of the identity at their default, so every
+# run folder named before they existed keeps its name.
+LATER_FIELDS = frozenset(
+    {"lr_per_step", "cutmix_alpha", "mix_switch_prob", "ema_decay", "optimizer", "dataset"}
+)
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MAX_SEED = 2**32 - 1  # what every generator the run seeds (torch, numpy) takes
 
@@ -39,12 +44,21 @@ class RunConfig(BaseModel):
     )
 
     # what is trained
+    dataset: Literal["cifar100", "cifar10"] = Field(
+        "cifar100", description="the dataset: cifar100, or cifar10 (no superclasses)"
+    )
     model: str = "mobilenet"
     width: float = Field(1.0, gt=0, le=8)
     # optimisation (the report's fixed choices are the defaults)
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd, or adamw (decoupled weight decay; momentum is its beta1)"
+    )
     lr: float = Field(0.05, gt=0)
+    lr_per_step: bool = Field(
+        False, description="set the learning rate every step (warmup, cosine), not every epoch"
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
@@ -52,6 +66,15 @@ class RunConfig(BaseModel):
     warmup_epochs: int = Field(0, ge=0)
     # regularisation
     mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(
+        0.0, ge=0, description="CutMix Beta(alpha, alpha) per batch; 0 is off"
+    )
+    mix_switch_prob: float = Field(
+        0.5, ge=0, le=1, description="with mixup and CutMix both on: share of CutMix batches"
+    )
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the weights, updated each step; 0 is off"
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # randomness and data
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -73,6 +96,8 @@ class RunConfig(BaseModel):
             )
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        if self.nesterov and self.optimizer == "adamw":
+            raise ValueError("nesterov is SGD's: adamw has no nesterov (leave it off)")
         return self
 
     def for_device(self, device_type: str) -> RunConfig:
@@ -82,7 +107,12 @@ class RunConfig(BaseModel):
         )
 
     def identity(self) -> dict[str, Any]:
-        return self.model_dump(exclude=set(EXECUTION_FIELDS))
+        at_default = {
+            name
+            for name in LATER_FIELDS
+            if getattr(self, name) == type(self).model_fields[name].default
+        }
+        return self.model_dump(exclude=set(EXECUTION_FIELDS) | at_default)
 
     def run_hash(self) -> str:
         """Short hash of `identity()`; resolve the precision first (`for_device`), since

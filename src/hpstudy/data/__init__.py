@@ -1,4 +1,4 @@
-"""CIFAR-100 data layer, one step per module: archive -> arrays -> split/stats.
+"""CIFAR-100 (and CIFAR-10) data layer, one step per module: archive -> arrays -> split/stats.
 
 `archive` finds, downloads, verifies, extracts and checks the dataset; `unpickle`
 opens its pickles without letting them run code; `split` makes the seeded
@@ -9,14 +9,22 @@ Everything public is re-exported here.
 from hpstudy.data.archive import (
     ARCHIVE,
     ARCHIVE_MD5,
+    CIFAR10,
+    CIFAR100,
     FILE_MD5,
     FOLDER,
+    LAYOUTS,
     OFFICIAL_URL,
     Cifar100,
+    CifarData,
+    Layout,
     Split,
     default_root,
     download,
+    layout_of,
+    load_cifar10,
     load_cifar100,
+    load_dataset,
     resolve_root,
 )
 from hpstudy.data.split import indices_sha256, split_indices, train_val_split
@@ -25,10 +33,15 @@ from hpstudy.data.stats import channel_stats, class_proportions, dataset_info, s
 __all__ = [
     "ARCHIVE",
     "ARCHIVE_MD5",
+    "CIFAR10",
+    "CIFAR100",
     "FILE_MD5",
     "FOLDER",
+    "LAYOUTS",
     "OFFICIAL_URL",
     "Cifar100",
+    "CifarData",
+    "Layout",
     "Split",
     "channel_stats",
     "class_proportions",
@@ -36,7 +49,10 @@ __all__ = [
     "default_root",
     "download",
     "indices_sha256",
+    "layout_of",
+    "load_cifar10",
     "load_cifar100",
+    "load_dataset",
     "resolve_root",
     "split_indices",
     "split_info",

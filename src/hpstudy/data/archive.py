@@ -1,8 +1,10 @@
-"""Where CIFAR-100 lives and how it becomes arrays: find, download, verify, extract, check.
+"""Where CIFAR-100 (or CIFAR-10) lives and how it becomes arrays: find, download, verify, check.
 
-The official "python version" archive holds Python 2 pickles; `hpstudy.data.unpickle`
-opens them without letting them run code, and this module checks what they hold
-(uint8 images, integer labels, names) before any of it becomes a tensor.
+The two datasets differ only in their `Layout` (file names, md5s, label keys);
+everything else is one code path. The official "python version" archives hold
+Python 2 pickles; `hpstudy.data.unpickle` opens them without letting them run code,
+and this module checks what they hold (uint8 images, integer labels, names) before
+any of it becomes a tensor.
 Everything a user can get wrong (a missing, truncated, tampered, oversized or
 foreign file or archive, a root that is not a folder, no network) becomes a
 one-line HpstudyError.
@@ -28,7 +30,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from hpstudy.constants import IMAGE_SHAPE, NUM_CLASSES, NUM_SUPERCLASSES
+from hpstudy.constants import DATASET_CLASSES, DATASET_SUPERCLASSES, IMAGE_SHAPE
 from hpstudy.data.unpickle import read_pickle
 from hpstudy.errors import HpstudyError
 
@@ -38,7 +40,6 @@ FILE_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326
 
 FOLDER = "cifar-100-python"
 ARCHIVE = "cifar-100-python.tar.gz"
-FILES = ("train", "test", "meta")
 TIMEOUT_S = 30.0
 CHUNK = 1 << 20
 # what extraction will write at most: the official archive unpacks to about 180 MB in 5 members
@@ -50,18 +51,112 @@ _ROW = math.prod(IMAGE_SHAPE)  # 3072 bytes: one image's R, G and B planes
 
 
 @dataclass(frozen=True)
+class Layout:
+    """One dataset's official archive: where it comes from, what it holds, under which keys."""
+
+    name: str  # the RunConfig's `dataset`
+    title: str
+    url: str
+    url_env: str  # an environment variable that replaces the official address (tests, mirrors)
+    archive: str
+    archive_md5: str
+    folder: str
+    train_files: tuple[str, ...]  # concatenated in this order
+    test_file: str
+    meta_file: str
+    file_md5: dict[str, str]
+    label_key: str
+    names_key: str
+    coarse_key: str | None  # no superclasses: None
+    coarse_names_key: str | None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file, self.meta_file)
+
+    @property
+    def num_classes(self) -> int:
+        return DATASET_CLASSES[self.name]
+
+    @property
+    def num_superclasses(self) -> int:
+        return DATASET_SUPERCLASSES[self.name]
+
+
+CIFAR100 = Layout(
+    name="cifar100",
+    title="CIFAR-100",
+    url=OFFICIAL_URL,
+    url_env="HPSTUDY_CIFAR100_URL",
+    archive=ARCHIVE,
+    archive_md5=ARCHIVE_MD5,
+    folder=FOLDER,
+    train_files=("train",),
+    test_file="test",
+    meta_file="meta",
+    file_md5=FILE_MD5,
+    label_key="fine_labels",
+    names_key="fine_label_names",
+    coarse_key="coarse_labels",
+    coarse_names_key="coarse_label_names",
+)
+CIFAR10 = Layout(
+    name="cifar10",
+    title="CIFAR-10",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    url_env="HPSTUDY_CIFAR10_URL",
+    archive="cifar-10-python.tar.gz",
+    archive_md5="c58f30108f718f92721af3b95e74349a",
+    folder="cifar-10-batches-py",
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_file="test_batch",
+    meta_file="batches.meta",
+    file_md5={
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    label_key="labels",
+    names_key="label_names",
+    coarse_key=None,
+    coarse_names_key=None,
+)
+LAYOUTS = {layout.name: layout for layout in (CIFAR100, CIFAR10)}
+
+
+def layout_of(dataset: str) -> Layout:
+    if dataset not in LAYOUTS:
+        raise HpstudyError(f"dataset: unknown dataset {dataset!r} (use {', '.join(LAYOUTS)})")
+    return LAYOUTS[dataset]
+
+
+@dataclass(frozen=True)
 class Split:
     images: torch.Tensor  # uint8 (N, *IMAGE_SHAPE), contiguous, CPU
-    fine: torch.Tensor  # int64 (N,)
-    coarse: torch.Tensor  # int64 (N,)
+    fine: torch.Tensor  # int64 (N,): the class labels (CIFAR-10's `labels`)
+    coarse: torch.Tensor | None  # int64 (N,) superclasses; None where the dataset has none
 
 
 @dataclass(frozen=True)
 class Cifar100:
+    """A loaded dataset: CIFAR-100, or CIFAR-10 (`name`), whose coarse parts are empty."""
+
     train: Split
     test: Split
     fine_names: list[str]
     coarse_names: list[str]
+    name: str = "cifar100"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.fine_names)
+
+
+CifarData = Cifar100  # the name that says it may hold either dataset
 
 
 def _one_line(error: object) -> str:
@@ -113,17 +208,17 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _complete(folder: Path) -> bool:
-    return all(_is_file(folder / name) for name in FILES)
+def _complete(folder: Path, layout: Layout = CIFAR100) -> bool:
+    return all(_is_file(folder / name) for name in layout.files)
 
 
-def _check_places(root: Path) -> None:
+def _check_places(root: Path, layout: Layout) -> None:
     """The root, the dataset folder and its files are what they must be, or say which is not."""
-    folder = root / FOLDER
+    folder = root / layout.folder
     for path, want in (
         (root, "folder"),
         (folder, "folder"),
-        *((folder / n, "file") for n in FILES),
+        *((folder / n, "file") for n in layout.files),
     ):
         try:
             if not path.exists():
@@ -148,20 +243,24 @@ def _md5(path: Path) -> str:
 # --- download and extract -------------------------------------------------------------------
 
 
-def download(root: str | Path | None = None, verify: bool = True) -> Path:
-    """Make sure ROOT/cifar-100-python/{train,test,meta} exist; fetch the archive if not."""
+def download(
+    root: str | Path | None = None, verify: bool = True, dataset: str = "cifar100"
+) -> Path:
+    """Make sure ROOT/cifar-100-python/{train,test,meta} (or CIFAR-10's files) exist; fetch the
+    archive if not."""
+    layout = layout_of(dataset)
     root = resolve_root(root)
-    folder = root / FOLDER
-    if _complete(folder):
+    folder = root / layout.folder
+    if _complete(folder, layout):
         return folder
-    _check_places(root)
+    _check_places(root, layout)
     made = _missing_folders(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise HpstudyError(f"cannot create data folder {root}: {e.strerror or e}") from None
     try:
-        _fill(root, verify)
+        _fill(root, verify, layout)
     except BaseException:
         # a mistyped --root must not leave folders behind when nothing could be fetched
         for path in made:
@@ -184,30 +283,30 @@ def _missing_folders(root: Path) -> list[Path]:
     return missing
 
 
-def _fill(root: Path, verify: bool) -> None:
+def _fill(root: Path, verify: bool, layout: Layout) -> None:
     """Fetch (unless already there) and extract the archive into an existing root."""
-    archive = root / ARCHIVE
+    archive = root / layout.archive
     fetched = not _is_file(archive)
     if fetched:
-        _fetch(os.environ.get("HPSTUDY_CIFAR100_URL") or OFFICIAL_URL, root, archive, verify)
-    elif verify and (got := _md5(archive)) != ARCHIVE_MD5:
+        _fetch(os.environ.get(layout.url_env) or layout.url, root, archive, verify, layout)
+    elif verify and (got := _md5(archive)) != layout.archive_md5:
         # a user-placed (or earlier) archive is reused rather than fetched again
         raise HpstudyError(
-            f"{archive}: md5 {got} != expected {ARCHIVE_MD5} "
+            f"{archive}: md5 {got} != expected {layout.archive_md5} "
             "(delete it to download again, or use --no-verify)"
         )
     try:
-        _extract(archive, root)
+        _extract(archive, root, layout)
     except HpstudyError:
         if fetched:  # a bad download must not be picked up as "already there" next time
             archive.unlink(missing_ok=True)
         raise
 
 
-def _fetch(url: str, root: Path, archive: Path, verify: bool) -> None:
+def _fetch(url: str, root: Path, archive: Path, verify: bool, layout: Layout) -> None:
     """Download into a temp file in ROOT; only a complete, verified file gets the real name."""
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=".cifar-100-", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{layout.folder}-", suffix=".part")
     except OSError as e:
         raise HpstudyError(f"cannot write in data folder {root}: {e.strerror or e}") from None
     tmp = Path(tmp_name)
@@ -217,7 +316,7 @@ def _fetch(url: str, root: Path, archive: Path, verify: bool) -> None:
             total = int(resp.headers.get("Content-Length") or 0) or None
             received = 0
             with _progress() as progress:
-                task = progress.add_task("CIFAR-100", total=total)
+                task = progress.add_task(layout.title, total=total)
                 while block := resp.read(CHUNK):
                     out.write(block)
                     digest.update(block)
@@ -225,8 +324,8 @@ def _fetch(url: str, root: Path, archive: Path, verify: bool) -> None:
                     progress.update(task, advance=len(block))
         if total is not None and received != total:
             raise HpstudyError(f"download from {url} stopped at {received} of {total} bytes")
-        if verify and (got := digest.hexdigest()) != ARCHIVE_MD5:
-            raise HpstudyError(f"{url}: md5 {got} != expected {ARCHIVE_MD5}")
+        if verify and (got := digest.hexdigest()) != layout.archive_md5:
+            raise HpstudyError(f"{url}: md5 {got} != expected {layout.archive_md5}")
         tmp.chmod(0o644)  # mkstemp's 0600 would lock others out of a shared data folder
         os.replace(tmp, archive)
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
@@ -234,8 +333,8 @@ def _fetch(url: str, root: Path, archive: Path, verify: bool) -> None:
         plain_url_error = type(e) is urllib.error.URLError
         reason = e.reason if plain_url_error else e
         raise HpstudyError(
-            f"cannot download CIFAR-100 from {url}: {_one_line(reason)}; "
-            f"put {FOLDER}/ under {root} or check the network"
+            f"cannot download {layout.title} from {url}: {_one_line(reason)}; "
+            f"put {layout.folder}/ under {root} or check the network"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -280,7 +379,7 @@ class _CappedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tar)
 
 
-def _extract(archive: Path, root: Path) -> None:
+def _extract(archive: Path, root: Path, layout: Layout) -> None:
     """Unpack into a scratch folder, then move the three files into place one by one.
 
     Each move is atomic, so an interrupted extraction never leaves a half-written
@@ -293,16 +392,18 @@ def _extract(archive: Path, root: Path) -> None:
         raise HpstudyError(f"cannot write in data folder {root}: {e.strerror or e}") from None
     try:
         _unpack(archive, scratch)
-        unpacked = scratch / FOLDER
-        if not _complete(unpacked):
-            raise HpstudyError(f"{archive}: has no {FOLDER}/{{train,test,meta}}")
+        unpacked = scratch / layout.folder
+        if not _complete(unpacked, layout):
+            raise HpstudyError(
+                f"{archive}: has no {layout.folder}/{{{','.join(layout.files)}}}"
+            )
         try:
-            (root / FOLDER).mkdir(exist_ok=True)
-            for name in FILES:
-                os.replace(unpacked / name, root / FOLDER / name)
+            (root / layout.folder).mkdir(exist_ok=True)
+            for name in layout.files:
+                os.replace(unpacked / name, root / layout.folder / name)
         except OSError as e:
             raise HpstudyError(
-                f"cannot put the dataset in {root / FOLDER}: {e.strerror or e}"
+                f"cannot put the dataset in {root / layout.folder}: {e.strerror or e}"
             ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -316,7 +417,7 @@ def _unpack(archive: Path, scratch: Path) -> None:
                 if count > MAX_MEMBERS:
                     raise _Refused(
                         f"refusing an archive of more than {MAX_MEMBERS} members "
-                        "(the official one has 5)"
+                        "(the official ones have 5 and 9)"
                     )
                 _check_member(scratch, member)
                 if member.isfile():
@@ -358,19 +459,19 @@ def _check_member(dest: Path, member: tarfile.TarInfo) -> None:
 # --- from pickles to arrays ------------------------------------------------------------------
 
 
-def _read_dict(path: Path) -> dict:
+def _read_dict(path: Path, title: str = "CIFAR-100") -> dict:
     obj = read_pickle(path)
     if not isinstance(obj, dict):
-        raise HpstudyError(f"{path}: not a CIFAR-100 pickle (holds {type(obj).__name__}, not dict)")
+        raise HpstudyError(f"{path}: not a {title} pickle (holds {type(obj).__name__}, not dict)")
     return obj
 
 
-def _field(path: Path, obj: dict, name: str):
+def _field(path: Path, obj: dict, name: str, title: str = "CIFAR-100"):
     """obj[b'name'] as the official (Python 2) files have it, or obj['name'] from Python 3."""
     for key in (name.encode(), name):
         if key in obj:
             return obj[key]
-    raise HpstudyError(f"{path}: not a CIFAR-100 pickle (no {name!r} key)")
+    raise HpstudyError(f"{path}: not a {title} pickle (no {name!r} key)")
 
 
 def _shown(value: object) -> str:
@@ -386,9 +487,11 @@ def _shown(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def _labels(path: Path, obj: dict, name: str, n: int, num_classes: int) -> torch.Tensor:
+def _labels(
+    path: Path, obj: dict, name: str, n: int, num_classes: int, title: str = "CIFAR-100"
+) -> torch.Tensor:
     """Integer labels, one per image, in 0..num_classes-1: refused, never rounded, otherwise."""
-    labels = _field(path, obj, name)
+    labels = _field(path, obj, name, title)
     if isinstance(labels, np.ndarray):
         # the unpickler admits only uint8/int32/int64 arrays; anything else is refused there
         if labels.dtype.kind not in "iu":
@@ -424,9 +527,10 @@ def _labels(path: Path, obj: dict, name: str, n: int, num_classes: int) -> torch
     return torch.from_numpy(values)
 
 
-def _read_split(path: Path) -> Split:
-    obj = _read_dict(path)
-    data = _field(path, obj, "data")
+def _read_split(path: Path, layout: Layout = CIFAR100) -> Split:
+    title = layout.title
+    obj = _read_dict(path, title)
+    data = _field(path, obj, "data", title)
     expected = f"a uint8 (N, {_ROW}) array"
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
         raise HpstudyError(f"{path}: 'data' is not {expected} (it is {_shown(data)})")
@@ -435,8 +539,10 @@ def _read_split(path: Path) -> Split:
     n = data.shape[0]
     if n == 0:
         raise HpstudyError(f"{path}: 'data' holds no images (shape {data.shape})")
-    fine = _labels(path, obj, "fine_labels", n, NUM_CLASSES)
-    coarse = _labels(path, obj, "coarse_labels", n, NUM_SUPERCLASSES)
+    fine = _labels(path, obj, layout.label_key, n, layout.num_classes, title)
+    coarse = None
+    if layout.coarse_key is not None:
+        coarse = _labels(path, obj, layout.coarse_key, n, layout.num_superclasses, title)
     if not (data.flags.c_contiguous and data.flags.writeable):
         data = np.array(data, order="C")  # e.g. Fortran order, or read-only protocol-5 bytes
     # each row is the R plane, then G, then B, each 32x32 row-major: a view, no copy
@@ -444,8 +550,10 @@ def _read_split(path: Path) -> Split:
     return Split(images=images, fine=fine, coarse=coarse)
 
 
-def _read_names(path: Path, obj: dict, name: str, count: int) -> list[str]:
-    names = _field(path, obj, name)
+def _read_names(
+    path: Path, obj: dict, name: str, count: int, title: str = "CIFAR-100"
+) -> list[str]:
+    names = _field(path, obj, name, title)
     what = f"{path}: {name!r} is not a list of {count} names"
     if not isinstance(names, list):
         raise HpstudyError(f"{what} (it is {_shown(names)})")
@@ -459,22 +567,55 @@ def _read_names(path: Path, obj: dict, name: str, count: int) -> list[str]:
     return [s.decode("utf-8", "replace") if isinstance(s, bytes) else s for s in names]
 
 
-def load_cifar100(root: str | Path | None = None, verify: bool = True) -> Cifar100:
-    """Load train/test/meta from ROOT/cifar-100-python, downloading it if missing."""
-    folder = resolve_root(root) / FOLDER
-    if not _complete(folder):
-        download(root, verify)
+def _concat(splits: list[Split]) -> Split:
+    """The training batches as one split (CIFAR-10's five files), in file order."""
+    if len(splits) == 1:
+        return splits[0]
+    coarse = [s.coarse for s in splits]
+    return Split(
+        images=torch.cat([s.images for s in splits]),
+        fine=torch.cat([s.fine for s in splits]),
+        coarse=None if any(c is None for c in coarse) else torch.cat(coarse),  # type: ignore[misc]
+    )
+
+
+def load_dataset(
+    dataset: str = "cifar100", root: str | Path | None = None, verify: bool = True
+) -> Cifar100:
+    """Load `dataset` (cifar100 or cifar10) from ROOT/<its folder>, downloading it if missing."""
+    layout = layout_of(dataset)
+    folder = resolve_root(root) / layout.folder
+    if not _complete(folder, layout):
+        download(root, verify, dataset)
     if verify:
-        for name, want in FILE_MD5.items():
+        for name, want in layout.file_md5.items():
             if (got := _md5(folder / name)) != want:
                 raise HpstudyError(
                     f"{folder / name}: md5 {got} != expected {want} "
                     "(use --no-verify for a dataset you built yourself)"
                 )
-    meta = _read_dict(folder / "meta")
+    meta_path = folder / layout.meta_file
+    meta = _read_dict(meta_path, layout.title)
+    title = layout.title
+    coarse_names = []
+    if layout.coarse_names_key is not None:
+        coarse_names = _read_names(
+            meta_path, meta, layout.coarse_names_key, layout.num_superclasses, title
+        )
     return Cifar100(
-        train=_read_split(folder / "train"),
-        test=_read_split(folder / "test"),
-        fine_names=_read_names(folder / "meta", meta, "fine_label_names", NUM_CLASSES),
-        coarse_names=_read_names(folder / "meta", meta, "coarse_label_names", NUM_SUPERCLASSES),
+        train=_concat([_read_split(folder / name, layout) for name in layout.train_files]),
+        test=_read_split(folder / layout.test_file, layout),
+        fine_names=_read_names(meta_path, meta, layout.names_key, layout.num_classes, title),
+        coarse_names=coarse_names,
+        name=layout.name,
     )
+
+
+def load_cifar100(root: str | Path | None = None, verify: bool = True) -> Cifar100:
+    """Load train/test/meta from ROOT/cifar-100-python, downloading it if missing."""
+    return load_dataset("cifar100", root, verify)
+
+
+def load_cifar10(root: str | Path | None = None, verify: bool = True) -> Cifar100:
+    """Load CIFAR-10 from ROOT/cifar-10-batches-py, downloading it if missing."""
+    return load_dataset("cifar10", root, verify)

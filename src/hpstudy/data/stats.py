@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from hpstudy.constants import NUM_CLASSES
-from hpstudy.data.archive import Cifar100, load_cifar100, resolve_root
+from hpstudy.data.archive import Cifar100, load_dataset, resolve_root
 from hpstudy.data.split import indices_sha256, train_val_split
 
 
@@ -58,13 +58,14 @@ def split_info(data: Cifar100, seed: int = 0) -> dict:
     """Sizes, normalisation stats, class balance and fingerprint of the 80/20 train/val split."""
     train_idx, val_idx = train_val_split(data.train.fine.numel(), seed)
     mean, std = channel_stats(data.train.images, train_idx)
-    props = class_proportions(data.train.fine[train_idx], NUM_CLASSES)
+    props = class_proportions(data.train.fine[train_idx], data.num_classes)
     return {
+        "dataset": data.name,
         "split_seed": seed,
         "train_size": train_idx.numel(),
         "val_size": val_idx.numel(),
         "test_size": data.test.fine.numel(),
-        "num_classes": NUM_CLASSES,
+        "num_classes": data.num_classes,
         "mean": mean,
         "std": std,
         "val_indices_sha256": indices_sha256(val_idx),
@@ -75,7 +76,10 @@ def split_info(data: Cifar100, seed: int = 0) -> dict:
     }
 
 
-def dataset_info(root: str | Path | None = None, seed: int = 0, verify: bool = True) -> dict:
+def dataset_info(
+    root: str | Path | None = None, seed: int = 0, verify: bool = True, dataset: str = "cifar100"
+) -> dict:
     """`split_info` of the dataset under `root`: what `hpstudy data info` prints."""
     root = resolve_root(root)
-    return {"root": str(root), **split_info(load_cifar100(root, verify), seed), "verified": verify}
+    loaded = load_dataset(dataset, root, verify)
+    return {"root": str(root), **split_info(loaded, seed), "verified": verify}

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hpstudy.config import RunConfig
-from hpstudy.constants import NUM_CLASSES
+from hpstudy.constants import num_classes
 from hpstudy.errors import HpstudyError
 from hpstudy.models import create_model
 
@@ -90,5 +90,5 @@ class Execution:
 def build_model(config: RunConfig, ex: Execution) -> nn.Module:
     """The config's model, seeded by the run's seed, on the device in its memory format."""
     torch.manual_seed(config.seed)
-    model = create_model(config.model, NUM_CLASSES, config.width)
+    model = create_model(config.model, num_classes(config.dataset), config.width)
     return model.to(ex.device, memory_format=ex.memory_format)

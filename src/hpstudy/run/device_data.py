@@ -21,7 +21,7 @@ class DeviceData:
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
-    val_coarse: torch.Tensor
+    val_coarse: torch.Tensor | None  # None where the dataset has no superclasses (CIFAR-10)
     mean: torch.Tensor  # (3,) float32, [0, 1] scale
     std: torch.Tensor
 
@@ -33,19 +33,19 @@ class DeviceData:
             train_y=self.train_y[:train],
             val_x=self.val_x[:val],
             val_y=self.val_y[:val],
-            val_coarse=self.val_coarse[:val],
+            val_coarse=None if self.val_coarse is None else self.val_coarse[:val],
         )
 
 
-_loaded: dict[tuple[str, bool], data.Cifar100] = {}
+_loaded: dict[tuple[str, bool, str], data.Cifar100] = {}
 
 
-def load_data(root: str | Path | None, verify: bool) -> data.Cifar100:
+def load_data(root: str | Path | None, verify: bool, dataset: str = "cifar100") -> data.Cifar100:
     """Load once per process: a study runs many configurations on the same archive."""
-    key = (str(data.resolve_root(root)), verify)
+    key = (str(data.resolve_root(root)), verify, dataset)
     if key not in _loaded:
         _loaded.clear()
-        _loaded[key] = data.load_cifar100(root, verify=verify)
+        _loaded[key] = data.load_dataset(dataset, root, verify=verify)
     return _loaded[key]
 
 
@@ -66,7 +66,7 @@ def device_data(cifar: data.Cifar100, config: RunConfig, device: torch.device) -
         train_y=fine[train_idx].to(device),
         val_x=images[val_idx].to(device),
         val_y=fine[val_idx].to(device),
-        val_coarse=coarse[val_idx].to(device),
+        val_coarse=None if coarse is None else coarse[val_idx].to(device),
         mean=torch.tensor(mean, dtype=torch.float32, device=device),
         std=torch.tensor(std, dtype=torch.float32, device=device),
     )

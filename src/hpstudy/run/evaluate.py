@@ -7,6 +7,7 @@ report can say how often, and on which run, the test split was touched.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpstudy import augment
+from hpstudy.config import RunConfig
 from hpstudy.constants import NUM_SUPERCLASSES
 from hpstudy.errors import HpstudyError
 from hpstudy.run.device import Execution, build_model
@@ -29,12 +31,15 @@ def evaluate_arrays(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    coarse: torch.Tensor,
+    coarse: torch.Tensor | None,
     mean: torch.Tensor,
     std: torch.Tensor,
     ex: Execution,
 ) -> dict[str, Any]:
-    """Mean cross-entropy, top-1, top-5 and per-superclass top-1 of uint8 `images`."""
+    """Mean cross-entropy, top-1, top-5 and per-superclass top-1 of uint8 `images`.
+
+    `coarse` None (a dataset without superclasses): `superclass_top1` is empty.
+    """
     if len(images) == 0:
         raise HpstudyError("nothing to evaluate: the split has no images")
     was_training = model.training
@@ -42,7 +47,8 @@ def evaluate_arrays(
     loss_sum = torch.zeros((), dtype=torch.float64, device=ex.device)
     top1 = torch.zeros((), dtype=torch.int64, device=ex.device)
     top5 = torch.zeros((), dtype=torch.int64, device=ex.device)
-    coarse_hits = torch.zeros(NUM_SUPERCLASSES, dtype=torch.float64, device=ex.device)
+    superclasses = 0 if coarse is None else NUM_SUPERCLASSES
+    coarse_hits = torch.zeros(superclasses, dtype=torch.float64, device=ex.device)
     batch = ex.eval_batch_size
     for i in range(0, len(images), batch):
         x = augment.normalize(images[i : i + batch], mean, std)
@@ -54,10 +60,15 @@ def evaluate_arrays(
         hit1 = best5[:, 0] == y
         top1 += hit1.sum()
         top5 += (best5 == y[:, None]).any(dim=1).sum()
-        coarse_hits.index_add_(0, coarse[i : i + batch], hit1.double())
+        if coarse is not None:
+            coarse_hits.index_add_(0, coarse[i : i + batch], hit1.double())
     model.train(was_training)
     n = len(images)
-    coarse_counts = torch.bincount(coarse, minlength=NUM_SUPERCLASSES).double().clamp_min(1)
+    coarse_counts = (
+        torch.zeros(0, dtype=torch.float64, device=ex.device)
+        if coarse is None
+        else torch.bincount(coarse, minlength=superclasses).double().clamp_min(1)
+    )
     return {
         "loss": loss_sum.item() / n,
         "top1": top1.item() / n,
@@ -65,6 +76,53 @@ def evaluate_arrays(
         "superclass_top1": (coarse_hits / coarse_counts).tolist(),
         "images": n,
     }
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A finished run's selected weights, loaded: what evaluation and export start from."""
+
+    config: RunConfig
+    ex: Execution
+    model: nn.Module  # in eval mode
+    mean: torch.Tensor  # (3,) [0, 1]-scale normalisation of the run's train split
+    std: torch.Tensor
+    weights: str  # "ema" or "raw": which weights were selected (EMA when the run kept one)
+
+
+def selected_weights(ckpt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """The run's selected weights in a checkpoint: the EMA's when the run kept one, else the
+    raw model's (see `Trainer.selected_model`)."""
+    if "ema" in ckpt:
+        prefix = "module."
+        ema = ckpt["ema"]
+        return {k[len(prefix) :]: v for k, v in ema.items() if k.startswith(prefix)}, "ema"
+    return ckpt["model"], "raw"
+
+
+def load_trained(run_dir: str | Path, device: str | None = None) -> Trained:
+    """A finished run's config and selected weights on `device` (default: the config's)."""
+    run = RunDir(run_dir)
+    if not run.config_path.is_file() or not run.checkpoint_path.is_file():
+        raise HpstudyError(f"{run.path}: not a trained run (no config.json or checkpoint.pt)")
+    summary = run.read_summary()
+    if summary is None or summary.status != RunStatus.FINISHED:
+        raise HpstudyError(f"{run.path}: run has not finished; train it first")
+    config = run.read_config()
+    if device is not None:
+        config = config.model_copy(update={"device": device})
+    ex = Execution.resolve(config)
+    ckpt = run.load_checkpoint(ex.device)
+    model = build_model(config, ex)
+    try:
+        state, weights = selected_weights(ckpt)
+        model.load_state_dict(state)
+        mean = torch.tensor(ckpt["normalization"]["mean"], device=ex.device)
+        std = torch.tensor(ckpt["normalization"]["std"], device=ex.device)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HpstudyError(f"{run.checkpoint_path}: does not fit this run ({first})") from None
+    return Trained(config, ex, model.eval(), mean, std, weights)
 
 
 def evaluate(
@@ -75,38 +133,33 @@ def evaluate(
     verify: bool = True,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Loss, top-1, top-5, per-superclass top-1 of a finished run's final weights."""
+    """Loss, top-1, top-5, per-superclass top-1 of a finished run's selected weights."""
     run = RunDir(run_dir)
     if split not in ("val", "test"):
         raise HpstudyError(f"split: must be val or test (got {split!r})")
-    if not run.config_path.is_file() or not run.checkpoint_path.is_file():
-        raise HpstudyError(f"{run.path}: not a trained run (no config.json or checkpoint.pt)")
+    trained = load_trained(run_dir, device)
+    config, ex, model = trained.config, trained.ex, trained.model
     summary = run.read_summary()
-    if summary is None or summary.status != RunStatus.FINISHED:
-        raise HpstudyError(f"{run.path}: run has not finished; train it before evaluating")
-    config = run.read_config()
-    if device is not None:
-        config = config.model_copy(update={"device": device})
-    ex = Execution.resolve(config)
-    ckpt = run.load_checkpoint(ex.device)
-    model = build_model(config, ex)
-    try:
-        model.load_state_dict(ckpt["model"])
-        mean = torch.tensor(ckpt["normalization"]["mean"], device=ex.device)
-        std = torch.tensor(ckpt["normalization"]["std"], device=ex.device)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HpstudyError(f"{run.checkpoint_path}: does not fit this run ({first})") from None
-    cifar = load_data(root, verify)
+    assert summary is not None  # load_trained refuses a run without one
+    cifar = load_data(root, verify, config.dataset)
     if split == "test":
         part = cifar.test
         images, fine, coarse = part.images, part.fine, part.coarse
     else:
         _, val_idx = split_of(config, cifar)
         part = cifar.train
-        images, fine, coarse = part.images[val_idx], part.fine[val_idx], part.coarse[val_idx]
+        images, fine = part.images[val_idx], part.fine[val_idx]
+        coarse = None if part.coarse is None else part.coarse[val_idx]
     to = ex.device
-    scores = evaluate_arrays(model, images.to(to), fine.to(to), coarse.to(to), mean, std, ex)
+    scores = evaluate_arrays(
+        model,
+        images.to(to),
+        fine.to(to),
+        None if coarse is None else coarse.to(to),
+        trained.mean,
+        trained.std,
+        ex,
+    )
     result = {
         "split": split,
         "run_hash": config.run_hash(),

@@ -1,10 +1,13 @@
 """The run folder: the one reader and writer of a run's files, and the run states.
 
     config.json          the RunConfig (precision resolved); its hash names the folder
-    metrics.csv          one row per finished epoch (METRIC_COLUMNS)
-    checkpoint.pt        weights, optimizer, RNG state and the rows, written atomically each epoch
+    metrics.csv          one row per finished epoch (METRIC_COLUMNS, + EMA_COLUMNS with an EMA)
+    checkpoint.pt        weights (and their EMA), optimizer, RNG state and the rows, written
+                         atomically each epoch
     summary.json         a Summary: the outcome, final metrics, every test evaluation
     error.log            the traceback of a failed run
+    events.out.tfevents.*  TensorBoard's event files (hpstudy.run.events writes them)
+    model.safetensors, model.onnx, export.json   the exported model (hpstudy.export)
 """
 
 from __future__ import annotations
@@ -35,7 +38,16 @@ METRIC_COLUMNS = (
     "seconds",
     "images_per_s",
 )
+# With an EMA of the weights, val_* are the EMA's metrics and these the raw weights'.
+EMA_COLUMNS = ("raw_val_loss", "raw_val_acc", "raw_val_top5")
 MetricRow = dict[str, float]
+EXPORT_FILES = ("model.safetensors", "model.onnx", "export.json")
+EVENTS_PREFIX = "events.out.tfevents."
+
+
+def metric_columns(ema: bool) -> tuple[str, ...]:
+    """metrics.csv's columns: a run with an EMA of its weights has the raw weights' too."""
+    return METRIC_COLUMNS + EMA_COLUMNS if ema else METRIC_COLUMNS
 
 
 class RunStatus(StrEnum):
@@ -151,9 +163,14 @@ class RunDir:
         if not self.path.is_dir():
             return []
         own = (self.config_path, self.metrics_path, self.checkpoint_path, self.summary_path)
-        names = {p.name + tmp for p in (*own, self.error_log_path) for tmp in ("", ".tmp")}
+        own_names = (*(p.name for p in (*own, self.error_log_path)), *EXPORT_FILES)
+        names = {name + tmp for name in own_names for tmp in ("", ".tmp")}
         try:
-            return sorted(p.name for p in self.path.iterdir() if p.name not in names)
+            return sorted(
+                p.name
+                for p in self.path.iterdir()
+                if p.name not in names and not p.name.startswith(EVENTS_PREFIX)
+            )
         except OSError as err:
             raise HpstudyError(f"{self.path}: cannot read ({err.strerror or err})") from None
 
@@ -185,7 +202,8 @@ class RunDir:
             raise HpstudyError(f"{self.metrics_path}: not a CSV file ({err})") from None
         if not table:
             return []
-        if tuple(table[0]) != METRIC_COLUMNS:
+        columns = tuple(table[0])
+        if columns not in (metric_columns(ema=False), metric_columns(ema=True)):
             shown = ",".join(table[0])[:80]
             raise HpstudyError(
                 f"{self.metrics_path}: header {shown!r} is not {','.join(METRIC_COLUMNS)}"
@@ -193,21 +211,22 @@ class RunDir:
         rows = []
         for line, cells in enumerate(table[1:], start=2):
             try:
-                if len(cells) != len(METRIC_COLUMNS):
+                if len(cells) != len(columns):
                     raise ValueError
                 rows.append(
                     {k: (int(v) if k == "epoch" else float(v))
-                     for k, v in zip(METRIC_COLUMNS, cells, strict=True)}
+                     for k, v in zip(columns, cells, strict=True)}
                 )  # fmt: skip
             except ValueError:
                 raise HpstudyError(
-                    f"{self.metrics_path}: line {line} is not {len(METRIC_COLUMNS)} numbers"
+                    f"{self.metrics_path}: line {line} is not {len(columns)} numbers"
                 ) from None
         return rows
 
-    def write_metrics(self, rows: list[MetricRow]) -> None:
+    def write_metrics(self, rows: list[MetricRow], ema: bool = False) -> None:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        ema = ema or any(EMA_COLUMNS[0] in row for row in rows)
+        writer = csv.DictWriter(buf, fieldnames=metric_columns(ema), lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
@@ -281,6 +300,9 @@ def finite_row(row: MetricRow) -> bool:
 
 
 __all__ = [
+    "EMA_COLUMNS",
+    "EVENTS_PREFIX",
+    "EXPORT_FILES",
     "METRIC_COLUMNS",
     "Evaluation",
     "MetricRow",
@@ -288,5 +310,6 @@ __all__ = [
     "RunStatus",
     "Summary",
     "finite_row",
+    "metric_columns",
     "not_a_folder",
 ]

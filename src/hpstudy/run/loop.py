@@ -5,8 +5,13 @@ batched ops and trains. Loss and accuracy accumulate on the device and are read
 once per epoch, so the host never waits on the GPU mid-epoch.
 
 Randomness that matters for the data order (the epoch permutation, flips,
-crops, mixup) comes from generators derived from (seed, epoch), so a run resumed
-at epoch e draws exactly what an uninterrupted run draws there.
+crops, mixup, CutMix) comes from generators derived from (seed, epoch), so a run
+resumed at epoch e draws exactly what an uninterrupted run draws there.
+
+With `ema_decay`, an exponential moving average of the weights (torch's
+AveragedModel) follows every step; it is the run's selected model: its
+validation metrics fill the val_* columns, the raw weights' sit beside them
+(raw_val_*), and evaluation and export use it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from hpstudy import __version__, augment
 from hpstudy.config import RunConfig
@@ -31,17 +37,21 @@ from hpstudy.progress import bar, log
 from hpstudy.run.device import Execution, build_model, device_name
 from hpstudy.run.device_data import DeviceData, device_data, load_data
 from hpstudy.run.evaluate import evaluate_arrays
-from hpstudy.run.folder import METRIC_COLUMNS, MetricRow, RunDir, RunStatus, Summary
+from hpstudy.run.events import EventLog
+from hpstudy.run.folder import MetricRow, RunDir, RunStatus, Summary, metric_columns
 
 
-def learning_rate(config: RunConfig, epoch: int) -> float:
-    """The learning rate of 0-based `epoch`: linear warmup, then constant or cosine (SPEC §1)."""
+def learning_rate(config: RunConfig, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """The learning rate of 0-based `epoch` (SPEC §1), or of its `step` of `steps` (lr_per_step):
+    linear warmup to `lr` at the last warmup epoch (or step), then constant or cosine, the
+    cosine taken at the fractional epoch `epoch + step / steps`."""
     warmup = config.warmup_epochs
-    if epoch < warmup:
-        return config.lr * (epoch + 1) / warmup
+    at = epoch + step / steps
+    if at < warmup:
+        return config.lr * (epoch * steps + step + 1) / (warmup * steps)
     if config.schedule == "constant":
         return config.lr
-    t, total = epoch - warmup, config.epochs - warmup
+    t, total = at - warmup, config.epochs - warmup
     return 0.5 * config.lr * (1 + math.cos(math.pi * t / total))
 
 
@@ -53,12 +63,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Batch:
     x: torch.Tensor  # augmented, normalised, in the model's memory format
     y: torch.Tensor
-    y2: torch.Tensor | None  # mixup partner labels, None without mixup
-    lam: float  # mixup weight of y (1.0 without mixup)
+    y2: torch.Tensor | None  # mixup or CutMix partner labels, None without either
+    lam: float  # weight of y in the loss (1.0 without mixing)
 
 
 def batches(d: DeviceData, config: RunConfig, ex: Execution, epoch: int) -> Iterator[Batch]:
-    """The epoch's training batches: a seeded permutation, flip/crop, normalise, mixup."""
+    """The epoch's training batches: a seeded permutation, flip/crop, normalise, mixup or
+    CutMix (with both on, CutMix for a `mix_switch_prob` share of batches: timm's rule)."""
     gen = torch.Generator(device=ex.device).manual_seed(epoch_seed(config.seed, epoch))
     lam_rng = np.random.default_rng([config.seed, epoch, 1])
     order = torch.randperm(len(d.train_x), generator=gen, device=ex.device)
@@ -67,11 +78,49 @@ def batches(d: DeviceData, config: RunConfig, ex: Execution, epoch: int) -> Iter
         x = augment.flip_crop(d.train_x[idx], gen)
         x = augment.normalize(x, d.mean, d.std).contiguous(memory_format=ex.memory_format)
         y, y2 = d.train_y[idx], None
+        if config.cutmix_alpha > 0 and (
+            config.mixup_alpha == 0 or lam_rng.random() < config.mix_switch_prob
+        ):
+            lam = float(lam_rng.beta(config.cutmix_alpha, config.cutmix_alpha))
+            x, partner, lam = augment.cutmix(x, lam, gen, lam_rng)
+            yield Batch(x, y, y[partner], lam)
+            continue
         lam = augment.sample_mixup_lambda(config.mixup_alpha, lam_rng)
         if config.mixup_alpha > 0:
             x, partner = augment.mixup(x, lam, gen)
             y2 = y[partner]
         yield Batch(x, y, y2, lam)
+
+
+def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (the report's), or AdamW with decoupled weight decay and `momentum` as its beta1."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(),
+            lr=config.lr,
+            betas=(config.momentum, 0.999),
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
+def make_ema(config: RunConfig, model: nn.Module) -> AveragedModel | None:
+    """The weights' exponential moving average, buffers (BN statistics) included; None if off.
+
+    AveragedModel copies the weights at its first update, then keeps
+    decay·ema + (1 − decay)·weights after every step.
+    """
+    if config.ema_decay == 0:
+        return None
+    return AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+    )
 
 
 @dataclass
@@ -84,24 +133,24 @@ class Trainer:
     step_model: nn.Module  # the compiled model where compile is on, else `model`
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
+    ema: AveragedModel | None = None
 
     @classmethod
     def create(cls, config: RunConfig, ex: Execution | None = None) -> Trainer:
         ex = ex or Execution.resolve(config)
         model = build_model(config, ex)
         step_model: nn.Module = torch.compile(model) if ex.compile else model  # type: ignore[assignment]
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-        )
+        optimizer = make_optimizer(config, model)
         scaler = torch.amp.GradScaler(ex.device.type) if ex.precision == "fp16" else None
-        return cls(config, ex, model, step_model, optimizer, scaler)
+        return cls(config, ex, model, step_model, optimizer, scaler, make_ema(config, model))
 
-    def set_lr(self, epoch: int) -> float:
-        lr = learning_rate(self.config, epoch)
+    @property
+    def selected_model(self) -> nn.Module:
+        """The weights the run is judged, tested and exported by: the EMA's when on."""
+        return self.model if self.ema is None else self.ema.module
+
+    def set_lr(self, epoch: int, step: int = 0, steps: int = 1) -> float:
+        lr = learning_rate(self.config, epoch, step, steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -118,6 +167,8 @@ class Trainer:
         smoothing = config.label_smoothing
         with bar(f"epoch {epoch + 1}/{config.epochs}", steps, show) as advance:
             for step, b in enumerate(batches(d, config, ex, epoch)):
+                if config.lr_per_step:
+                    self.set_lr(epoch, step, steps)
                 with ex.autocast():
                     logits = self.step_model(b.x).float()
                 loss = F.cross_entropy(logits, b.y, label_smoothing=smoothing)
@@ -135,18 +186,23 @@ class Trainer:
                     self.scaler.scale(loss).backward()
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 loss_sum += loss.detach().double() * len(b.y)
                 # reading the loss syncs with the device: only now and then, for the eye
                 info = (lambda loss=loss: f"loss {loss.item():.3f}") if step % 50 == 0 else None
                 advance(1, info)
         return loss_sum.item() / len(d.train_x), hits.item() / len(d.train_x)
 
-    def evaluate(self, d: DeviceData) -> dict[str, Any]:
-        return evaluate_arrays(self.model, d.val_x, d.val_y, d.val_coarse, d.mean, d.std, self.ex)
+    def evaluate(self, d: DeviceData, model: nn.Module | None = None) -> dict[str, Any]:
+        """Validation metrics of `model` (default: the selected weights)."""
+        model = self.selected_model if model is None else model
+        return evaluate_arrays(model, d.val_x, d.val_y, d.val_coarse, d.mean, d.std, self.ex)
 
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "optimizer": self.optimizer.state_dict(),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             "rng": {"torch": torch.get_rng_state()},
@@ -154,6 +210,8 @@ class Trainer:
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -171,7 +229,8 @@ def resume(run: RunDir, trainer: Trainer, config: RunConfig) -> tuple[list[Metri
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HpstudyError(f"{run.checkpoint_path}: does not fit this run ({first})") from None
-    if not all(isinstance(r, dict) and tuple(r) == METRIC_COLUMNS for r in rows):
+    columns = metric_columns(ema=trainer.ema is not None)
+    if not all(isinstance(r, dict) and tuple(r) == columns for r in rows):
         raise HpstudyError(f"{run.checkpoint_path}: its metric rows are not hpstudy's")
     if not 0 <= start <= config.epochs or len(rows) != start:
         raise HpstudyError(
@@ -198,12 +257,29 @@ def train(
     if summary is not None and summary.status.done:
         return summary
 
-    d = device_data(load_data(root, verify), config, ex.device)
+    d = device_data(load_data(root, verify, config.dataset), config, ex.device)
     trainer = Trainer.create(config, ex)
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
-    run.write_metrics(rows)
+    run.write_metrics(rows, ema=trainer.ema is not None)
+    events = EventLog(run.path, start_epoch)
+    try:
+        return train_epochs(run, trainer, d, rows, start_epoch, events, show_progress)
+    finally:
+        events.close()
 
+
+def train_epochs(
+    run: RunDir,
+    trainer: Trainer,
+    d: DeviceData,
+    rows: list[MetricRow],
+    start_epoch: int,
+    events: EventLog,
+    show_progress: bool | None,
+) -> Summary:
+    """The epochs from `start_epoch` on: train, validate, checkpoint, log; the run's Summary."""
+    config, ex = trainer.config, trainer.ex
     for epoch in range(start_epoch, config.epochs):
         lr = trainer.set_lr(epoch)
         t0 = time.perf_counter()
@@ -228,6 +304,11 @@ def train(
             "seconds": time.perf_counter() - t0,
             "images_per_s": len(d.train_x) / train_seconds,
         }
+        if trainer.ema is not None:
+            raw = trainer.evaluate(d, trainer.model)
+            row |= {"raw_val_loss": raw["loss"], "raw_val_acc": raw["top1"]}
+            row |= {"raw_val_top5": raw["top5"]}
+            row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         run.save_checkpoint(
             {
@@ -240,6 +321,7 @@ def train(
             }
         )
         run.write_metrics(rows)
+        events.write(row)
         log(
             f"{run.name} epoch {epoch + 1}/{config.epochs} lr {lr:.4g} "
             f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "

@@ -1,0 +1,73 @@
+"""Live logs: each finished epoch's metrics as TensorBoard event files in the run folder.
+
+`tensorboard --logdir STUDY_DIR` then shows every run of a study while it trains.
+TensorBoard is an optional extra (`pip install 'hpstudy[tensorboard]'`); without it,
+the process says once that logging is off and training goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpstudy.progress import log
+from hpstudy.run.folder import MetricRow
+
+# metrics.csv column -> TensorBoard tag; val/* are the selected weights' (the EMA's when on)
+TAGS = {
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
+    "val_top5": "val/top5",
+    "raw_val_loss": "val_raw/loss",
+    "raw_val_acc": "val_raw/acc",
+    "raw_val_top5": "val_raw/top5",
+    "lr": "lr",
+    "images_per_s": "images_per_s",
+}
+MISSING = "TensorBoard logging is off: pip install 'hpstudy[tensorboard]' to turn it on"
+_said_missing = False
+
+
+def summary_writer_class() -> Any:
+    """torch's SummaryWriter, or None (said once per process) without the tensorboard extra."""
+    global _said_missing
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if not _said_missing:
+            _said_missing = True
+            log(f"[yellow]{MISSING}[/yellow]")
+        return None
+    return SummaryWriter
+
+
+class EventLog:
+    """One run's event files; epochs are steps 1, 2, ... as in metrics.csv."""
+
+    def __init__(self, run_path: Path, epochs_done: int) -> None:
+        writer_class = summary_writer_class()
+        # A resumed run purges what an interrupted process logged after its last checkpoint,
+        # so TensorBoard shows each epoch once.
+        purge = epochs_done + 1 if epochs_done > 0 else None
+        self.writer = None
+        if writer_class is not None:
+            self.writer = writer_class(log_dir=str(run_path), purge_step=purge)
+
+    def write(self, row: MetricRow) -> None:
+        if self.writer is None:
+            return
+        step = int(row["epoch"])
+        for column, tag in TAGS.items():
+            if column in row:
+                self.writer.add_scalar(tag, row[column], step)
+        self.writer.flush()  # visible now, not when the run ends
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+__all__ = ["MISSING", "TAGS", "EventLog", "summary_writer_class"]
