@@ -28,7 +28,8 @@ class Parser(argparse.ArgumentParser):
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--root",
-        help="folder holding cifar-100-python/ (default: $HPSTUDY_DATA or the per-user cache)",
+        help="folder holding cifar-100-python/ or cifar-10-batches-py/ "
+        "(default: $HPSTUDY_DATA or the per-user cache)",
     )
     p.add_argument(
         "--no-verify",
@@ -78,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = data_p.add_parser("download", help="fetch and verify the official archive")
     add_data_options(p)
+    p.add_argument("--dataset", choices=("cifar100", "cifar10"), default="cifar100")
     p = data_p.add_parser("info", help="split sizes, channel stats, class balance")
     add_data_options(p)
+    p.add_argument("--dataset", choices=("cifar100", "cifar10"), default="cifar100")
     p.add_argument("--seed", type=int, default=0, help="split seed (0 is the report's)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
@@ -103,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     study_p = sub.add_parser("study", help="run, inspect and show studies").add_subparsers(
         dest="study_command", required=True
     )
+    p = sub.add_parser(
+        "export", help="write model.safetensors and model.onnx, check them, time them"
+    )
+    p.add_argument("run_dir", type=Path, help="a finished run's folder")
+    p.add_argument("--out", type=Path, default=None, help="folder for the files (default: RUN_DIR)")
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip comparing ONNX Runtime with PyTorch on validation images (needs no data)",
+    )
+    p.add_argument(
+        "--latency-runs", type=int, default=100, help="batch-1 timings, median kept (default: 100)"
+    )
+    add_data_options(p)
+
     p = study_p.add_parser("run", help="run a study (resumes where it stopped)")
     p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
     p.add_argument(
@@ -150,10 +169,10 @@ def cmd_data(args: argparse.Namespace) -> None:
     from hpstudy import data
 
     if args.data_command == "download":
-        folder = data.download(args.root, verify=args.verify)
-        print(f"CIFAR-100 ready in {folder}")
+        folder = data.download(args.root, verify=args.verify, dataset=args.dataset)
+        print(f"{data.layout_of(args.dataset).title} ready in {folder}")
         return
-    info = data.dataset_info(args.root, seed=args.seed, verify=args.verify)
+    info = data.dataset_info(args.root, seed=args.seed, verify=args.verify, dataset=args.dataset)
     if args.json:
         print_json(info)
         return
@@ -193,6 +212,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     for name, acc in result["superclass_top1"].items():
         print(f"  {name:32} {acc:.4f}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from hpstudy.export import export_run, latency_table
+
+    result = export_run(
+        args.run_dir,
+        args.out,
+        root=args.root,
+        verify=args.verify,
+        check=args.check,
+        latency_runs=args.latency_runs,
+    )
+    out = args.out or args.run_dir
+    files = ", ".join(f"{name} ({size / 1e6:.2f} MB)" for name, size in result["files"].items())
+    print(f"{out}: {files}, export.json ({result['weights']} weights)")
+    print(f"parameters {result['parameters']:,}, multiply-adds {result['macs_per_image']:,}/image")
+    if (c := result["check"]) is not None:
+        print(
+            f"check on {c['images']} validation images: max |logit diff| "
+            f"{c['max_abs_logit_diff']:.2e} (<= {c['tolerance']['max_abs_logit_diff']:g}), "
+            f"top-1 agreement {c['top1_agreement']:.4f}"
+        )
+    print(f"{'runtime':12} {'batch 1 ms (median)':>20} {'batch 256 images/s':>19}")
+    for name, ms, ips in latency_table(result):
+        print(f"{name:12} {ms:>20} {ips:>19}")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -237,6 +282,7 @@ COMMANDS = {
     "data": cmd_data,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "export": cmd_export,
     "study": cmd_study,
     "report": cmd_report,
 }

@@ -42,9 +42,11 @@ def default_out(name: str, budget: str) -> Path:
     return Path("runs") / (name if budget == "full" else f"{name}-{budget}")
 
 
-def data_summary(options: DataOptions, split_seed: int, device: str | None) -> dict[str, Any]:
+def data_summary(
+    options: DataOptions, split_seed: int, dataset: str, device: str | None
+) -> dict[str, Any]:
     """What the report says of the data; runs where the runs run (the driver may lack it)."""
-    info = data.split_info(load_data(options.root, options.verify), split_seed)
+    info = data.split_info(load_data(options.root, options.verify, dataset), split_seed)
     return {"root": str(data.resolve_root(options.root)), **info}
 
 
@@ -103,7 +105,8 @@ def run_study(
     try:
         plan = Plan(study, budget, runner.device_type())
         plan.validate()
-        summary = runner.call(data_summary, options, plan.config_for_base().split_seed)
+        base = plan.config_for_base()
+        summary = runner.call(data_summary, options, base.split_seed, base.dataset)
         # the folder is made only once the data is there (no half-claimed folder), and
         # written by this process alone from study.json to the report
         with folder.lock():

@@ -74,6 +74,7 @@ class StageState(Record):
 
 class DataSummary(Record):
     root: str
+    dataset: str = "cifar100"  # state.json files written before CIFAR-10 have no key
     split_seed: int
     train_size: int
     val_size: int
