@@ -60,12 +60,17 @@ class Deployable(nn.Module):
         return self.model((images.float() / 255 - self.mean) / self.std)
 
 
+class MissingExtra(HpstudyError):
+    """The `export` extra is not installed."""
+
+
 def _require_extra() -> tuple[Any, Any]:
     try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
         import onnxruntime
         import safetensors.torch
     except ImportError as err:
-        raise HpstudyError(f"export needs {err.name or 'its extra'}: {INSTALL_HINT}") from None
+        raise MissingExtra(f"export needs {err.name or 'its extra'}: {INSTALL_HINT}") from None
     return safetensors.torch, onnxruntime
 
 
@@ -252,6 +257,7 @@ __all__ = [
     "MAX_ABS_LOGIT_DIFF",
     "MIN_TOP1_AGREEMENT",
     "Deployable",
+    "MissingExtra",
     "benchmark",
     "check_outputs",
     "export_run",

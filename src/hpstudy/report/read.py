@@ -2,8 +2,8 @@
 
 The only place in the report that touches the study folder's inputs, and only
 through their owners: `StudyFolder.read_state()` (state.json, typed and checked)
-and `RunDir` (config.json, metrics.csv, summary.json). A run that appears in
-several stages (a reused configuration) is read once. A run folder that does
+and `RunDir` (config.json, metrics.csv, summary.json, the final run's export.json).
+A run that appears in several stages (a reused configuration) is read once. A run folder that does
 not exist yet is a run with no rows, its status taken from the state.
 """
 
@@ -43,6 +43,7 @@ class Study:
     path: Path
     state: StudyState
     runs: dict[Path, Run]
+    export: dict | None = None  # export.json of the final run (its first seed), once exported
 
     def run(self, entry: RunEntry) -> Run:
         return self.runs[self.path / entry.run_dir]
@@ -85,4 +86,7 @@ def read_study(study_dir: str | Path) -> Study:
                 if key not in runs:
                     runs[key] = read_run(path, entry)
                 runs[key].stages.append(f"{stage.name}: {setting.label}")
-    return Study(path, state, runs)
+    export = None
+    if state.final is not None and state.final.runs:
+        export = RunDir(path / state.final.runs[0].run_dir).read_export()
+    return Study(path, state, runs, export)

@@ -489,6 +489,7 @@ def final_blocks(study: Study) -> tuple[list[Block], list[NamedTable]]:
     shown = ", ".join(code(f"{k}={final.config[k]}") for k in FINAL_CONFIG_SHOWN
                       if k in final.config)  # fmt: skip
     blocks.append(Para(f"Final configuration: {shown or DASH}."))
+    blocks.append(Para(selected_weights_text(final.config)))
 
     rows, csv_rows = [], []
     for run in final.runs:
@@ -524,7 +525,50 @@ def final_blocks(study: Study) -> tuple[list[Block], list[NamedTable]]:
                    Table(["superclass", "top-1"], rows)]  # fmt: skip
         csv_header = ["superclass", "top1_mean", "top1_std", "n"]
         tables.append(NamedTable("superclass", ["superclass", "top-1"], rows, csv_header, csv_rows))
-    return blocks, tables
+    export_blocks_, export_tables = export_blocks(study.export)
+    return blocks + export_blocks_, tables + export_tables
+
+
+def selected_weights_text(config: dict[str, Any]) -> str:
+    decay = config.get("ema_decay") or 0
+    if decay:
+        return (f"Selected and tested weights: the exponential moving average of the weights "
+                f"(decay {decay:g}), as for every run with an EMA: its validation metrics chose "
+                "the winners and it was evaluated on test; the raw weights' validation metrics "
+                "are in each run's `metrics.csv` (`raw_val_*`).")  # fmt: skip
+    return "Selected and tested weights: the weights at the final epoch."
+
+
+def export_blocks(export: dict | None) -> tuple[list[Block], list[NamedTable]]:
+    """The shipped final model: size, files, the ONNX check and the CPU latency table."""
+    blocks: list[Block] = [Heading("The final model, exported", 3)]
+    if export is None:
+        blocks.append(Para("Not exported (see `hpstudy export`; it needs "
+                           "`pip install 'hpstudy[export]'`)."))  # fmt: skip
+        return blocks, []
+    files = ", ".join(f"`{name}` {size / 1e6:.2f} MB" for name, size in export["files"].items())
+    blocks.append(Para(f"{export['parameters']:,} parameters, {export['macs_per_image']:,} "
+                       f"multiply-adds per image; {files}. ONNX input: "
+                       f"{text(export['onnx_input'])}."))  # fmt: skip
+    if (c := export.get("check")) is not None:
+        verdict = "passed" if c["passed"] else "**failed**"
+        blocks.append(Para(
+            f"ONNX Runtime against PyTorch on {c['images']} validation images: largest logit "
+            f"difference {c['max_abs_logit_diff']:.1e} (allowed "
+            f"{c['tolerance']['max_abs_logit_diff']:g}), top-1 agreement "
+            f"{c['top1_agreement']:.4f} (at least {c['tolerance']['min_top1_agreement']}): "
+            f"{verdict}."
+        ))  # fmt: skip
+    header = ["runtime", "batch 1 latency (ms, median)", "batch 256 throughput (images/s)"]
+    rows, csv_rows = [], []
+    for name, t in export.get("latency", {}).items():
+        ms, ips = t["latency_ms_batch1_median"], t["throughput_images_per_s_batch256"]
+        rows.append([name, f"{ms:.2f}", f"{ips:.0f}"])
+        csv_rows.append([name, num(ms), num(ips), t["latency_runs"]])
+    blocks += [Para(f"CPU timings ({export['threads']} threads):"), Table(header, rows)]
+    csv_header = ["runtime", "latency_ms_batch1_median", "throughput_images_per_s_batch256",
+                  "latency_runs"]  # fmt: skip
+    return blocks, [NamedTable("export", header, rows, csv_header, csv_rows)]
 
 
 def environment_blocks(study: Study) -> tuple[list[Block], NamedTable]:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
-from hpstudy.files import read_model, write_atomic, write_json, write_model
+from hpstudy.files import read_json, read_model, write_atomic, write_json, write_model
 
 METRIC_COLUMNS = (
     "epoch",
@@ -131,6 +131,19 @@ class RunDir:
     @property
     def error_log_path(self) -> Path:
         return self.path / "error.log"
+
+    @property
+    def export_path(self) -> Path:
+        return self.path / "export.json"
+
+    def read_export(self) -> dict[str, Any] | None:
+        """export.json as `hpstudy export` wrote it; None before an export."""
+        if not self.export_path.is_file():
+            return None
+        found = read_json(self.export_path)
+        if not isinstance(found, dict):
+            raise HpstudyError(f"{self.export_path}: not an hpstudy export (not a JSON object)")
+        return found
 
     # ------------------------------------------------------------ config
 

@@ -54,6 +54,19 @@ def test_evaluation(run_dir: str, options: DataOptions, device: str | None) -> d
     return evaluate(run_dir, "test", root=options.root, verify=options.verify, device=device)
 
 
+def export_final(run_dir: str, options: DataOptions, device: str | None) -> None:
+    """Ship the final model (hpstudy.export) once; without the extra, or if its check fails,
+    say so in one line: the study's result does not depend on it."""
+    from hpstudy.export import export_run
+
+    if RunDir(run_dir).export_path.exists():
+        return
+    try:
+        export_run(run_dir, root=options.root, verify=options.verify)
+    except HpstudyError as err:
+        log(f"[yellow]final model not exported: {err}[/yellow]")
+
+
 def environment(device: str | None) -> dict[str, str]:
     import torch
 
@@ -320,6 +333,7 @@ def final_evaluation(
             )
         )
     first = RunDir(folder.path / runs[0].run_dir)
+    runner.call(export_final, str(first.path.resolve()), options)
     config = first.read_config().model_dump(exclude={"seed"})
     summary = first.read_summary()
 
