@@ -82,3 +82,36 @@ def write_archive(root: Path, tar_path: Path) -> Path:
     with tarfile.open(tar_path, "w:gz") as tar:
         tar.add(Path(root) / "cifar-100-python", arcname="cifar-100-python")
     return tar_path
+
+
+def write_cifar10(root: Path, per_batch: int = 60, n_test: int = 50, seed: int = 0) -> Path:
+    """Write ROOT/cifar-10-batches-py/ as the official CIFAR-10 archive holds it: data_batch_1..5
+    (`per_batch` images each), test_batch and batches.meta, keys `data` and `labels`."""
+    out = Path(root) / "cifar-10-batches-py"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        n = n_test if name == "test_batch" else per_batch
+        labels = rng.permutation(np.arange(n) % 10)
+        batch = {
+            b"batch_label": b"synthetic batch %d of 5" % (k + 1),
+            b"labels": [int(v) for v in labels],
+            b"data": class_images(labels, rng).reshape(n, 3072),
+            b"filenames": [b"synthetic_%05d.png" % i for i in range(n)],
+        }
+        (out / name).write_bytes(py2_pickle_bytes(batch))
+    meta = {
+        b"num_cases_per_batch": per_batch,
+        b"label_names": [b"label_%d" % i for i in range(10)],
+        b"num_vis": 3072,
+    }
+    (out / "batches.meta").write_bytes(py2_pickle_bytes(meta))
+    return out
+
+
+def write_cifar10_archive(root: Path, tar_path: Path) -> Path:
+    """Pack ROOT/cifar-10-batches-py into a .tar.gz as the official archive is packed."""
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(Path(root) / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return tar_path

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from hpstudy.progress import log
 from hpstudy.run.folder import MetricRow
 
@@ -38,7 +40,7 @@ def summary_writer_class() -> Any:
     except ImportError:
         if not _said_missing:
             _said_missing = True
-            log(f"[yellow]{MISSING}[/yellow]")
+            log(f"[yellow]{escape(MISSING)}[/yellow]")
         return None
     return SummaryWriter
 

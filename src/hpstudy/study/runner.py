@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from hpstudy import __version__, data
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Executor, Job, make_executor
@@ -64,7 +66,7 @@ def export_final(run_dir: str, options: DataOptions, device: str | None) -> None
     try:
         export_run(run_dir, root=options.root, verify=options.verify)
     except HpstudyError as err:
-        log(f"[yellow]final model not exported: {err}[/yellow]")
+        log(f"[yellow]final model not exported: {escape(str(err))}[/yellow]")
 
 
 def environment(device: str | None) -> dict[str, str]:

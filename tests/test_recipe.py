@@ -1,0 +1,373 @@
+"""The recipe options: CutMix, EMA of the weights, AdamW, per-step learning rate, CIFAR-10, and
+TensorBoard's event files. Tiny models (width 0.125) on a few hundred synthetic images."""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cifar_archive import write_cifar10, write_cifar10_archive
+from cli_helpers import assert_one_line_error, run_hpstudy
+
+from hpstudy import augment, data
+from hpstudy.config import RunConfig, make_run_config
+from hpstudy.errors import HpstudyError
+from hpstudy.run import RunDir, Trainer, device_data, evaluate, learning_rate, load_data, train
+from hpstudy.run import events as run_events
+
+TINY = dict(width=0.125, batch_size=64, device="cpu", limit_train=192, limit_val=64)
+
+
+@pytest.fixture(autouse=True)
+def _offline_cifar10(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPSTUDY_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+
+
+# ------------------------------------------------------------------ config and hashes
+
+
+def test_new_fields_at_their_defaults_keep_every_run_hash() -> None:
+    # computed in this worktree before any recipe field existed (commit 68e85ee)
+    assert RunConfig().for_device("cpu").run_hash() == "b0dbc2c30fe7"
+    old = RunConfig(lr=0.5, schedule="cosine", weight_decay=5e-4, mixup_alpha=0.2, epochs=300,
+                    nesterov=True, warmup_epochs=3, label_smoothing=0.1, width=0.5, seed=3,
+                    limit_train=2048)  # fmt: skip
+    assert old.for_device("cpu").run_hash() == "0a30d8b3746d"
+    explicit = RunConfig(optimizer="sgd", dataset="cifar100", ema_decay=0.0, cutmix_alpha=0.0,
+                         mix_switch_prob=0.5, lr_per_step=False)  # fmt: skip
+    assert explicit.for_device("cpu").run_hash() == "b0dbc2c30fe7"
+    changes = ({"optimizer": "adamw"}, {"dataset": "cifar10"}, {"ema_decay": 0.99},
+               {"cutmix_alpha": 1.0}, {"lr_per_step": True}, {"mix_switch_prob": 0.2})  # fmt: skip
+    for change in changes:
+        assert RunConfig(**change).for_device("cpu").run_hash() != "b0dbc2c30fe7", change
+
+
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"ema_decay": -0.1}, "ema_decay"),
+        ({"ema_decay": float("nan")}, "ema_decay"),
+        ({"cutmix_alpha": -1}, "cutmix_alpha"),
+        ({"cutmix_alpha": float("inf")}, "cutmix_alpha"),
+        ({"mix_switch_prob": 1.5}, "mix_switch_prob"),
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"dataset": "mnist"}, "dataset"),
+        ({"dataset": 10}, "dataset"),
+        ({"lr_per_step": "often"}, "lr_per_step"),
+        ({"optimizer": "adamw", "nesterov": True}, "nesterov"),
+    ],
+)
+def test_bad_recipe_values_are_one_line(values: dict, needle: str) -> None:
+    with pytest.raises(HpstudyError) as err:
+        make_run_config(values)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_train_has_a_flag_per_new_field_and_refuses_bad_ones(tmp_path: Path) -> None:
+    out = str(tmp_path / "r")
+    result = run_hpstudy("train", "--optimizer", "adamw", "--nesterov", "--out", out)
+    assert_one_line_error(result, "nesterov")
+    result = run_hpstudy("train", "--dataset", "svhn", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "--dataset" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ per-step learning rate
+
+
+def test_per_step_learning_rate_warms_up_then_follows_the_cosine_at_fractional_epochs() -> None:
+    c = RunConfig(lr=0.1, epochs=4, warmup_epochs=1, schedule="cosine", lr_per_step=True)
+    steps = 4
+    warm = [learning_rate(c, 0, s, steps) for s in range(steps)]
+    assert warm == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    # epoch 2 step 2 is 1.5 epochs into a 3-epoch cosine
+    assert learning_rate(c, 2, 2, steps) == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.5)))
+    # after warmup, the per-epoch values are the per-step ones at step 0 (and those of SPEC §1)
+    for epoch in range(1, 4):
+        assert learning_rate(c, epoch) == pytest.approx(learning_rate(c, epoch, 0, steps))
+    values = [learning_rate(c, e, s, steps) for e in range(1, 4) for s in range(steps)]
+    assert all(a > b for a, b in itertools.pairwise(values))
+
+
+def test_per_step_lr_is_what_the_optimizer_uses(synthetic_root: Path) -> None:
+    config = RunConfig(**TINY, epochs=2, schedule="cosine", lr=0.1, lr_per_step=True)
+    trainer = Trainer.create(config)
+    d = device_data(load_data(synthetic_root, False), config, trainer.ex.device)
+    seen = []
+    step = trainer.optimizer.step
+
+    def record(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record  # type: ignore[method-assign]
+    trainer.train_epoch(d, 1, show=False)
+    assert seen == pytest.approx([learning_rate(config, 1, s, 3) for s in range(3)])
+    assert seen[0] > seen[1] > seen[2]
+
+
+# ------------------------------------------------------------------ CutMix
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.64, 0.99, 1.0])
+def test_cutmix_box_is_timms_and_clipped(lam: float) -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        top, bottom, left, right = augment.cutmix_box(lam, 32, 32, rng)
+        assert 0 <= top <= bottom <= 32 and 0 <= left <= right <= 32
+        side = int(32 * math.sqrt(1 - lam))
+        # unclipped, the box has sides of 2·(side // 2); clipping only shrinks it
+        assert bottom - top <= 2 * (side // 2) and right - left <= 2 * (side // 2)
+
+
+def test_cutmix_pastes_one_partner_box_and_weights_labels_by_its_area() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 32, 32).contiguous()
+    rng = np.random.default_rng(1)
+    box = augment.cutmix_box(0.6, 32, 32, np.random.default_rng(1))
+    mixed, partner, lam = augment.cutmix(x, 0.6, gen, rng)
+    top, bottom, left, right = box
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[top:bottom, left:right] = True
+    for i in range(6):
+        assert torch.equal(mixed[i][:, inside], x[partner[i]][:, inside])
+        assert torch.equal(mixed[i][:, ~inside], x[i][:, ~inside])
+        # the share of image i's own pixels is the label weight
+        own = (mixed[i, 0] == i).float().mean().item() if partner[i] != i else None
+        if own is not None:
+            assert own == pytest.approx(lam)
+    assert lam == pytest.approx(1 - inside.float().mean().item())
+    assert 0.0 < lam < 1.0
+    assert sorted(partner.tolist()) == list(range(6))
+
+
+def test_cutmix_and_mixup_switch_per_batch(synthetic_root: Path) -> None:
+    from hpstudy.run import batches
+
+    base = RunConfig(**{**TINY, "batch_size": 8}, mixup_alpha=0.2, cutmix_alpha=1.0)
+    trainer = Trainer.create(base)
+    d = device_data(load_data(synthetic_root, False), base, trainer.ex.device)
+
+    def cutmix_share(prob: float) -> float:
+        config = base.model_copy(update={"mix_switch_prob": prob})
+        lams = [b.lam for b in batches(d, config, trainer.ex, 0)]
+        assert len(lams) == 24 and all(0 <= lam <= 1 for lam in lams)
+        # a CutMix λ is 1 − (box pixels)/1024; a mixup λ ~ Beta(0.2, 0.2) is never on that grid
+        return float(np.mean([abs(lam * 1024 - round(lam * 1024)) < 1e-9 for lam in lams]))
+
+    assert cutmix_share(1.0) == 1.0
+    assert cutmix_share(0.0) == 0.0
+    assert 0.0 < cutmix_share(0.5) < 1.0
+
+
+# ------------------------------------------------------------------ EMA and AdamW
+
+
+def test_ema_equals_a_hand_computed_average_after_a_few_steps(synthetic_root: Path) -> None:
+    decay = 0.8
+    config = RunConfig(**TINY, epochs=1, ema_decay=decay, optimizer="adamw", lr=1e-3)
+    trainer = Trainer.create(config)
+    d = device_data(load_data(synthetic_root, False), config, trainer.ex.device)
+    snapshots = []
+    step = trainer.optimizer.step
+
+    def record(*args, **kwargs):
+        out = step(*args, **kwargs)
+        snapshots.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return out
+
+    trainer.optimizer.step = record  # type: ignore[method-assign]
+    trainer.train_epoch(d, 0, show=False)
+    assert len(snapshots) == 3
+    expected = {k: v.double() for k, v in snapshots[0].items()}  # the first update copies
+    for snap in snapshots[1:]:
+        for k, v in snap.items():
+            if v.is_floating_point():
+                expected[k] = decay * expected[k] + (1 - decay) * v.double()
+    ema = trainer.ema.module.state_dict()  # type: ignore[union-attr]
+    for k, v in expected.items():
+        if ema[k].is_floating_point():
+            assert torch.allclose(ema[k].double(), v, atol=1e-6, rtol=1e-5), k
+    raw = trainer.model.state_dict()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
+
+
+class Stop(Exception):
+    """Raised after an epoch's checkpoint, as a kill would stop the process."""
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    from hpstudy.run import loop
+
+    write = loop.EventLog.write
+
+    def write_then_stop(self, row):
+        write(self, row)
+        if row["epoch"] == epoch:
+            raise Stop
+
+    monkeypatch.setattr(loop.EventLog, "write", write_then_stop)
+
+
+@pytest.mark.parametrize("options", [{"ema_decay": 0.9, "cutmix_alpha": 1.0},
+                                     {"optimizer": "adamw", "lr_per_step": True,
+                                      "schedule": "cosine", "mixup_alpha": 0.2}])  # fmt: skip
+def test_resume_equals_an_uninterrupted_run_bit_for_bit(
+    synthetic_root: Path, tmp_path: Path, options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = RunConfig(**TINY, epochs=3, lr=0.01, **options)
+    whole = train(config, tmp_path / "whole", root=synthetic_root, verify=False,
+                  show_progress=False)  # fmt: skip
+    with monkeypatch.context() as m:
+        stop_after(m, 2)
+        with pytest.raises(Stop):
+            train(config, tmp_path / "cut", root=synthetic_root, verify=False, show_progress=False)
+    resumed = train(config, tmp_path / "cut", root=synthetic_root, verify=False,
+                    show_progress=False)  # fmt: skip
+    assert resumed.final is not None and whole.final is not None
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert ("ema" in a) == ("ema_decay" in options) == ("ema" in b)
+    for part in ("model", "ema") if "ema" in a else ("model",):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for k, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            other = b["optimizer"]["state"][k][name]
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (k, name)
+    keep = [k for k in whole.final if k not in ("seconds", "images_per_s")]
+    assert {k: whole.final[k] for k in keep} == {k: resumed.final[k] for k in keep}
+    if options.get("optimizer") == "adamw":
+        assert isinstance(Trainer.create(config).optimizer, torch.optim.AdamW)
+
+
+def test_an_ema_run_selects_its_ema_weights(synthetic_root: Path, tmp_path: Path) -> None:
+    config = RunConfig(**TINY, epochs=2, ema_decay=0.5, lr=0.05)
+    summary = train(config, tmp_path / "r", root=synthetic_root, verify=False, show_progress=False)
+    rows = RunDir(tmp_path / "r").read_metrics()
+    assert set(rows[-1]) >= {"raw_val_loss", "raw_val_acc", "raw_val_top5"}
+    assert rows[-1]["val_loss"] != rows[-1]["raw_val_loss"]
+    val = evaluate(tmp_path / "r", "val", root=synthetic_root, verify=False, device="cpu")
+    assert val["loss"] == pytest.approx(summary.final["val_loss"], rel=1e-5)  # type: ignore[index]
+
+
+# ------------------------------------------------------------------ CIFAR-10
+
+
+def test_cifar10_loads_from_its_official_layout_through_the_archive(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_cifar10(src, per_batch=40, n_test=30)
+    root = tmp_path / "root"
+    root.mkdir()
+    write_cifar10_archive(src, root / "cifar-10-python.tar.gz")
+    cifar = data.load_dataset("cifar10", root, verify=False)  # extracts the archive
+    assert (root / "cifar-10-batches-py" / "data_batch_5").is_file()
+    assert cifar.name == "cifar10" and cifar.num_classes == 10 and cifar.coarse_names == []
+    assert cifar.train.images.shape == (200, 3, 32, 32) and cifar.train.coarse is None
+    assert cifar.test.images.shape == (30, 3, 32, 32)
+    # the five batches in file order
+    from cifar_archive import write_cifar10 as again
+
+    again(tmp_path / "same", per_batch=40, n_test=30)
+    first = data.load_dataset("cifar10", tmp_path / "same", verify=False)
+    assert torch.equal(first.train.images, cifar.train.images)
+    info = data.split_info(cifar, 0)
+    assert (info["dataset"], info["num_classes"], info["train_size"], info["val_size"]) == (
+        "cifar10", 10, 160, 40)  # fmt: skip
+    with pytest.raises(HpstudyError, match="md5"):
+        data.load_dataset("cifar10", root, verify=True)
+
+
+def test_cifar10_refuses_bad_labels_and_a_missing_archive_in_one_line(tmp_path: Path) -> None:
+    from cifar_archive import py2_pickle_bytes
+
+    root = tmp_path / "r"
+    folder = write_cifar10(root, per_batch=20, n_test=10)
+    with pytest.raises(HpstudyError, match=r"cannot download CIFAR-10 .*cifar-10-batches-py/"):
+        data.load_dataset("cifar10", tmp_path / "empty", verify=False)
+    batch = {b"data": np.zeros((20, 3072), np.uint8), b"labels": [10] * 20}
+    (folder / "data_batch_3").write_bytes(py2_pickle_bytes(batch))
+    with pytest.raises(HpstudyError, match=r"'labels' has values in 10..10, expected 0..9"):
+        data.load_dataset("cifar10", root, verify=False)
+    (folder / "data_batch_3").write_bytes(py2_pickle_bytes([b"data", 1]))
+    with pytest.raises(HpstudyError, match="not a CIFAR-10 pickle"):
+        data.load_dataset("cifar10", root, verify=False)
+
+
+def test_a_cifar10_run_trains_and_evaluates_without_superclasses(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_cifar10(root, per_batch=40, n_test=30)
+    config = RunConfig(**{**TINY, "limit_train": None, "limit_val": None}, epochs=1,
+                       dataset="cifar10")  # fmt: skip
+    summary = train(config, tmp_path / "run", root=root, verify=False, show_progress=False)
+    assert summary.status == "finished"
+    result = evaluate(tmp_path / "run", "test", root=root, verify=False, device="cpu")
+    assert result["images"] == 30 and result["superclass_top1"] == {}
+    info = run_hpstudy("data", "info", "--dataset", "cifar10", "--root", str(root),
+                       "--no-verify", "--json")  # fmt: skip
+    assert info.returncode == 0 and '"num_classes": 10' in info.stdout
+
+
+# ------------------------------------------------------------------ TensorBoard
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_runs_write_event_files_that_tensorboard_reads_once_per_epoch(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tensorboard")
+    config = RunConfig(**TINY, epochs=3, ema_decay=0.9)
+    run = tmp_path / "r"
+    with monkeypatch.context() as m:
+        stop_after(m, 2)
+        with pytest.raises(Stop):
+            train(config, run, root=synthetic_root, verify=False, show_progress=False)
+    train(config, run, root=synthetic_root, verify=False, show_progress=False)
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # one per process
+    found = scalars(run)
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "images_per_s",
+            "val_raw/loss", "val_raw/acc"} <= set(found)  # fmt: skip
+    assert [step for step, _ in found["val/loss"]] == [1, 2, 3]  # resumed: no epoch twice
+    rows = RunDir(run).read_metrics()
+    for tag, column in (("val/acc", "val_acc"), ("train/loss", "train_loss"),
+                        ("val_raw/loss", "raw_val_loss")):  # fmt: skip
+        assert [v for _, v in found[tag]] == pytest.approx([r[column] for r in rows], rel=1e-6)
+
+
+def test_without_tensorboard_a_run_says_so_once_and_trains(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith(("torch.utils.tensorboard", "tensorboard")):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr(run_events, "_said_missing", False)
+    config = RunConfig(**TINY, epochs=1)
+    for name in ("a", "b"):
+        summary = train(config, tmp_path / name, root=synthetic_root, verify=False,
+                        show_progress=False)  # fmt: skip
+        assert summary.status == "finished"
+        assert not list((tmp_path / name).glob("events.out.tfevents.*"))
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard logging is off") == 1
+    assert "pip install 'hpstudy[tensorboard]'" in err
