@@ -1,0 +1,182 @@
+"""Shipping a run's model: safetensors round-trips, ONNX Runtime equals PyTorch, the latency
+table, `hpstudy.load_model`, one-line errors, and the study's final export in its report."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import run_hpstudy
+
+import hpstudy
+from hpstudy import cli, export
+from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
+from hpstudy.models import create_model
+from hpstudy.run import RunDir, evaluate, train
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("safetensors")
+
+
+@pytest.fixture(scope="module")
+def ema_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch run with an EMA of its weights (the selected ones)."""
+    run = tmp_path_factory.mktemp("export") / "run"
+    # batch 16: enough steps for the BN statistics to make the logits depend on the image
+    config = RunConfig(width=0.125, epochs=1, batch_size=16, limit_train=192, limit_val=96,
+                       ema_decay=0.5, device="cpu")  # fmt: skip
+    train(config, run, root=synthetic_root, verify=False, show_progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(ema_run: Path, synthetic_root: Path) -> tuple[Path, dict]:
+    out = ema_run.parent / "shipped"
+    result = export.export_run(ema_run, out, root=synthetic_root, verify=False, latency_runs=100)
+    return out, result
+
+
+def test_load_model_returns_the_selected_weights_in_eval_mode(ema_run: Path) -> None:
+    model = hpstudy.load_model(ema_run)
+    assert not model.training
+    ckpt = torch.load(ema_run / "checkpoint.pt", weights_only=True)
+    state = model.state_dict()
+    for key, value in ckpt["ema"].items():
+        if key.startswith("module."):
+            assert torch.equal(state[key.removeprefix("module.")], value), key
+    # the raw weights differ from the EMA's: load_model did not hand back the raw ones
+    assert any(not torch.equal(state[k], v) for k, v in ckpt["model"].items()
+               if v.is_floating_point())  # fmt: skip
+
+
+def test_safetensors_round_trips_with_config_and_normalisation(
+    ema_run: Path, exported: tuple[Path, dict]
+) -> None:
+    out, result = exported
+    tensors, meta = export.read_safetensors(out / "model.safetensors")
+    model = hpstudy.load_model(ema_run)
+    for key, value in model.state_dict().items():
+        assert torch.equal(tensors[key], value.contiguous()), key
+    config = RunConfig(**json.loads(meta["config"]))
+    assert config.run_hash() == meta["run_hash"] == result["run_hash"]
+    assert meta["num_classes"] == "100" and meta["weights"] == "ema"
+    ckpt = torch.load(ema_run / "checkpoint.pt", weights_only=True)
+    assert json.loads(meta["mean"]) == pytest.approx(ckpt["normalization"]["mean"])
+    assert json.loads(meta["std"]) == pytest.approx(ckpt["normalization"]["std"])
+    # a fresh model of the config with these tensors is the trained one
+    fresh = create_model(config.model, int(meta["num_classes"]), config.width)
+    fresh.load_state_dict(tensors)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(fresh.eval()(x), model(x), atol=1e-5)
+
+
+def test_onnx_runtime_equals_pytorch_on_validation_images(
+    ema_run: Path, exported: tuple[Path, dict], synthetic_root: Path
+) -> None:
+    import onnxruntime
+
+    out, result = exported
+    check = result["check"]
+    assert check["passed"] and check["images"] == 96
+    assert check["max_abs_logit_diff"] <= 1e-3 and check["top1_agreement"] >= 0.999
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])  # fmt: skip
+    (inp,) = session.get_inputs()
+    assert inp.type == "tensor(uint8)" and inp.shape[1:] == [3, 32, 32]
+    assert isinstance(inp.shape[0], str)  # a dynamic batch axis
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    logits = session.run(None, {inp.name: images.numpy()})[0]
+    trained = hpstudy.load_model(ema_run)
+    ckpt = torch.load(ema_run / "checkpoint.pt", weights_only=True)
+    mean = torch.tensor(ckpt["normalization"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["normalization"]["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = trained((images.float() / 255 - mean) / std).numpy()
+    assert logits.shape == (7, 100)
+    spread = expected.std(axis=0).mean()
+    assert spread > 1e-5  # logits that vary with the image: the comparison can fail
+    assert np.abs(logits - expected).max() <= min(1e-3, 0.01 * spread)
+    # the val accuracy through ONNX is the run's (selected weights) val accuracy
+    val = evaluate(ema_run, "val", root=synthetic_root, verify=False, device="cpu")
+    summary = RunDir(ema_run).read_summary()
+    assert val["top1"] == pytest.approx(summary.final["val_acc"])  # type: ignore[union-attr]
+
+
+def test_export_json_holds_sizes_and_the_latency_table(exported: tuple[Path, dict]) -> None:
+    out, result = exported
+    on_disk = json.loads((out / "export.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert result["files"]["model.onnx"] == (out / "model.onnx").stat().st_size
+    assert result["parameters"] == sum(p.numel() for p in hpstudy.load_model(
+        result["run_dir"]).parameters())  # fmt: skip
+    assert result["macs_per_image"] > 0
+    for runtime in ("pytorch", "onnxruntime"):
+        t = result["latency"][runtime]
+        assert t["latency_runs"] == 100
+        assert 0 < t["latency_ms_batch1_median"] < 10_000
+        assert t["throughput_images_per_s_batch256"] > 0
+    assert [row[0] for row in export.latency_table(result)] == ["pytorch", "onnxruntime"]
+
+
+def test_the_cli_prints_the_table_and_refuses_bad_input_in_one_line(
+    ema_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cli"
+    result = run_hpstudy("export", str(ema_run), "--out", str(out), "--no-check",
+                         "--latency-runs", "5")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime" in result.stdout and "batch 1 ms" in result.stdout
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.onnx", "export.json"}
+    assert json.loads((out / "export.json").read_text())["check"] is None
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    bad = [
+        ([str(tmp_path / "nothing")], "not a trained run"),
+        ([str(ema_run), "--out", str(a_file / "sub"), "--no-check"], "cannot create"),
+        ([str(ema_run), "--latency-runs", "0"], "latency runs"),
+        ([str(a_file)], "not a trained run"),
+    ]
+    for args, needle in bad:  # in this process: the same main() as the command, no start-up
+        assert cli.main(["export", *args]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_a_missing_extra_is_one_line_with_the_install_hint(
+    ema_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(HpstudyError) as err:
+        export.export_run(ema_run, check=False)
+    assert "pip install 'hpstudy[export]'" in str(err.value) and "onnxruntime" in str(err.value)
+
+
+def test_a_failed_check_is_written_and_said_in_one_line(
+    ema_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = export.check_outputs
+
+    def off(deployable, session, images):
+        # as if the ONNX graph computed something else: PyTorch's side is another model
+        torch.manual_seed(1)
+        other = create_model("mobilenet", 100, 0.125).eval()
+        shifted = export.Deployable(other, deployable.mean.view(-1), deployable.std.view(-1))
+        return real(shifted, session, images)
+
+    monkeypatch.setattr(export, "check_outputs", off)
+    with pytest.raises(HpstudyError, match="ONNX Runtime differs from PyTorch"):
+        export.export_run(ema_run, tmp_path / "bad", root=synthetic_root, verify=False,
+                          latency_runs=1)  # fmt: skip
+    assert json.loads((tmp_path / "bad" / "export.json").read_text())["check"]["passed"] is False
