@@ -180,3 +180,65 @@ def test_a_failed_check_is_written_and_said_in_one_line(
         export.export_run(ema_run, tmp_path / "bad", root=synthetic_root, verify=False,
                           latency_runs=1)  # fmt: skip
     assert json.loads((tmp_path / "bad" / "export.json").read_text())["check"]["passed"] is False
+
+
+STUDY = """
+name = "shipped"
+seeds = [0]
+[base]
+width = 0.125
+batch_size = 32
+limit_train = 128
+limit_val = 64
+device = "cpu"
+ema_decay = 0.5
+[[stages]]
+name = "optimizer"
+field = "optimizer"
+values = ["sgd", "adamw"]
+epochs = 1
+"""
+
+
+def test_a_study_ships_its_final_model_and_reports_it(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hpstudy.study import run_study
+
+    spec = tmp_path / "shipped.toml"
+    spec.write_text(STUDY)
+    out = tmp_path / "study"
+    state = run_study(spec, out=out, budget="full", root=str(synthetic_root), verify=False)
+    final_run = RunDir(out / state.final.runs[0].run_dir)  # type: ignore[union-attr]
+    shipped = final_run.read_export()
+    assert shipped is not None and shipped["weights"] == "ema" and shipped["check"]["passed"]
+    assert (final_run.path / "model.onnx").is_file()
+    report = (out / "report.md").read_text()
+    final = report[report.index("## Final test result"):]
+    assert "exponential moving average of the weights (decay 0.5)" in final
+    assert "The final model, exported" in final and f"{shipped['parameters']:,} parameters" in final
+    assert "| onnxruntime |" in final and "| pytorch |" in final
+    assert (out / "tables" / "export.csv").is_file()
+    # a second `study run` exports nothing again
+    stamp = final_run.export_path.stat().st_mtime_ns
+    run_study(spec, out=out, budget="full", root=str(synthetic_root), verify=False)
+    assert final_run.export_path.stat().st_mtime_ns == stamp
+
+
+def test_a_study_without_the_extra_says_so_in_one_line_and_finishes(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hpstudy.executors import DataOptions
+    from hpstudy.study.runner import export_final
+
+    def missing(*args, **kwargs):
+        raise export.MissingExtra(f"export needs onnxruntime: {export.INSTALL_HINT}")
+
+    monkeypatch.setattr(export, "export_run", missing)
+    run = tmp_path / "r"
+    run.mkdir()
+    export_final(str(run), DataOptions(root=str(synthetic_root), verify=False), None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "final model not exported" in err[0]
+    assert "pip install 'hpstudy[export]'" in err[0]
