@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import json
 import math
 import sys
 from pathlib import Path
@@ -13,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 from cifar_archive import write_cifar10, write_cifar10_archive
-from cli_helpers import assert_one_line_error, run_hpstudy
 
-from hpstudy import augment, data
+from hpstudy import augment, cli, data
 from hpstudy.config import RunConfig, make_run_config
 from hpstudy.errors import HpstudyError
 from hpstudy.run import RunDir, Trainer, device_data, evaluate, learning_rate, load_data, train
@@ -70,12 +70,23 @@ def test_bad_recipe_values_are_one_line(values: dict, needle: str) -> None:
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_train_has_a_flag_per_new_field_and_refuses_bad_ones(tmp_path: Path) -> None:
+def test_train_has_a_flag_per_new_field_and_refuses_bad_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--out", "r", "--optimizer", "adamw", "--lr-per-step",
+                              "--cutmix-alpha", "1", "--mix-switch-prob", "0.3",
+                              "--ema-decay", "0.99", "--dataset", "cifar10"])  # fmt: skip
+    assert (args.optimizer, args.lr_per_step, args.cutmix_alpha, args.mix_switch_prob,
+            args.ema_decay, args.dataset) == ("adamw", True, 1.0, 0.3, 0.99, "cifar10")  # fmt: skip
+    # in this process: the same main() as the command, without a second start-up
     out = str(tmp_path / "r")
-    result = run_hpstudy("train", "--optimizer", "adamw", "--nesterov", "--out", out)
-    assert_one_line_error(result, "nesterov")
-    result = run_hpstudy("train", "--dataset", "svhn", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2 and "--dataset" in result.stderr
+    assert cli.main(["train", "--optimizer", "adamw", "--nesterov", "--out", out]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nesterov" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--dataset", "svhn", "--out", out])
+    assert exit_.value.code == 2 and "--dataset" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -302,7 +313,9 @@ def test_cifar10_refuses_bad_labels_and_a_missing_archive_in_one_line(tmp_path: 
         data.load_dataset("cifar10", root, verify=False)
 
 
-def test_a_cifar10_run_trains_and_evaluates_without_superclasses(tmp_path: Path) -> None:
+def test_a_cifar10_run_trains_and_evaluates_without_superclasses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "data"
     write_cifar10(root, per_batch=40, n_test=30)
     config = RunConfig(**{**TINY, "limit_train": None, "limit_val": None}, epochs=1,
@@ -311,9 +324,10 @@ def test_a_cifar10_run_trains_and_evaluates_without_superclasses(tmp_path: Path)
     assert summary.status == "finished"
     result = evaluate(tmp_path / "run", "test", root=root, verify=False, device="cpu")
     assert result["images"] == 30 and result["superclass_top1"] == {}
-    info = run_hpstudy("data", "info", "--dataset", "cifar10", "--root", str(root),
-                       "--no-verify", "--json")  # fmt: skip
-    assert info.returncode == 0 and '"num_classes": 10' in info.stdout
+    assert cli.main(["data", "info", "--dataset", "cifar10", "--root", str(root), "--no-verify",
+                     "--json"]) == 0  # fmt: skip
+    info = json.loads(capsys.readouterr().out)
+    assert (info["dataset"], info["num_classes"], info["test_size"]) == ("cifar10", 10, 30)
 
 
 # ------------------------------------------------------------------ TensorBoard
