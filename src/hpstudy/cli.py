@@ -274,6 +274,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     elif args.study_command == "status":
         print(study.status_text(args.dir))
     else:
+        if args.executor != "local" and (args.devices or args.runs_per_device is not None):
+            raise HpstudyError("--devices and --runs-per-device are for --executor local")
         devices = None
         if args.devices:
             try:

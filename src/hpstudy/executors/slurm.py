@@ -127,7 +127,7 @@ class SlurmExecutor:
 
             o = self.options
             try:
-                ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster=o.cluster)
+                ex = submitit.AutoExecutor(folder=self.folder, cluster=o.cluster)
                 params: dict[str, Any] = {
                     "name": "hpstudy",
                     "timeout_min": o.time_minutes,
