@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,46 @@ def test_a_preempted_job_requeues_the_same_run() -> None:
     again = task.checkpoint(*args)
     assert isinstance(again, DelayedSubmission)
     assert again.function is task and again.args == args
+
+
+def test_a_job_preempted_mid_run_is_requeued_and_resumes_to_the_same_result(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """SIGUSR2 is SLURM's preemption and time-limit warning: submitit checkpoints, the job
+    is requeued (submitit's local cluster restarts it), and the run resumes from its last
+    epoch, ending bit for bit where an uninterrupted run on one thread ends."""
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    from hpstudy.executors.slurm import SlurmRun
+    from hpstudy.run import train
+
+    config = RunConfig(width=0.125, limit_train=256, limit_val=64, device="cpu", epochs=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = train(config, tmp_path / "whole", root=synthetic_root, verify=False)
+    finally:
+        torch.set_num_threads(before)
+
+    options = SlurmOptions(cluster="local", cpus_per_job=1, folder=tmp_path / "slurm")
+    executor = make_executor("slurm", DataOptions(str(synthetic_root), False), slurm=options)
+    job = Job(config, tmp_path / "cut", "cut")
+    submitted = executor.submit(SlurmRun(cpus_per_job=1), job, executor.data, "cpu")
+    controller = submitted._process.pid  # submitit's local controller; the run is its child
+    children = Path(f"/proc/{controller}/task/{controller}/children")
+    if not children.exists():
+        submitted.cancel()
+        pytest.skip("needs Linux's /proc to find the job's task")
+    while not (job.run_dir / "checkpoint.pt").exists():
+        assert not submitted.done(), "the job ended before its first checkpoint"
+        time.sleep(0.1)
+    os.kill(int(children.read_text().split()[0]), signal.SIGUSR2)
+    resumed = submitted.result()
+    log = next(options.folder.glob("*_log.err")).read_text()
+    assert "preempted" in log and "resuming after epoch" in log
+    assert resumed.status == "finished" and resumed.epochs_done == 3
+    assert resumed.final is not None and whole.final is not None
+    same = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5")
+    assert {k: resumed.final[k] for k in same} == {k: whole.final[k] for k in same}
 
 
 def test_slurm_on_a_machine_without_slurm_is_one_line_and_leaves_a_usable_folder(
