@@ -213,6 +213,22 @@ def test_a_job_preempted_mid_run_is_requeued_and_resumes_to_the_same_result(
     assert {k: resumed.final[k] for k in same} == {k: whole.final[k] for k in same}
 
 
+def test_a_jobs_own_one_line_error_comes_back_as_that_line(
+    study_file: Path, tmp_path: Path
+) -> None:
+    """The first job (the data summary) fails in its own process on the missing data; the
+    driver says so in the job's words, not submitit's traceback."""
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    slurm = SlurmOptions(cluster="local", cpus_per_job=1)
+    with pytest.raises(HpstudyError) as caught:
+        run_study(
+            study_file, out=tmp_path / "s", root=str(tmp_path / "no-data"), executor="slurm",
+            slurm=slurm,
+        )  # fmt: skip
+    message = str(caught.value)
+    assert message.startswith("cannot download CIFAR-100") and "\n" not in message, message
+
+
 def test_slurm_on_a_machine_without_slurm_is_one_line_and_leaves_a_usable_folder(
     study_file: Path,
     synthetic_root: Path,

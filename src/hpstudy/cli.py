@@ -75,7 +75,9 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
         help="slurm executor: submitit's cluster; local runs the jobs as processes here, "
         "debug in this process (default: slurm)",
     )
-    p.add_argument("--slurm-partition", default=None, help="slurm executor: the partition")
+    p.add_argument(
+        "--slurm-partition", default=None, metavar="NAME", help="slurm executor: the partition"
+    )
     p.add_argument(
         "--slurm-gpus-per-job",
         type=int,

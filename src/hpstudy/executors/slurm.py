@@ -210,17 +210,18 @@ def default_gpus(cluster: str) -> int:
 
 def job_error(job: Any, err: BaseException) -> str:
     """One line for a job that did not return: its own one-line error, else the last line
-    of what it printed, and where its log is."""
-    cause = getattr(err, "__cause__", None) or err
-    if isinstance(cause, HpstudyError):
-        return str(cause)
-    text = str(err).strip().splitlines()
-    last = next((line for line in reversed(text) if line.strip()), type(err).__name__)
-    where = getattr(job, "paths", None)
-    log_path = f" (log: {where.stderr})" if where is not None else ""
-    if "HpstudyError:" in last:
-        return last.split("HpstudyError:", 1)[1].strip()
-    return f"slurm job {job.job_id} failed: {last.strip()}{log_path}"
+    of its traceback (submitit quotes it between dashed lines), and where its log is."""
+    if isinstance(err, HpstudyError):  # the debug cluster raises in this process
+        return str(err)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    ours = [line for line in lines if "HpstudyError: " in line]
+    if ours:
+        return ours[-1].split("HpstudyError: ", 1)[1]
+    quoted = [line for line in lines if not line.startswith(("---", "- ", "You can check"))]
+    last = quoted[-1] if quoted else type(err).__name__
+    paths = getattr(job, "paths", None)
+    where = f" (log: {paths.stderr})" if paths is not None else ""
+    return f"slurm job {job.job_id} failed: {last[:300]}{where}"
 
 
 def describe(summary: Summary) -> str:
