@@ -187,6 +187,7 @@ def test_mixup_accuracy():
     assert mixup_accuracy(logits, y, y_partner, 0.0).item() == 3.0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda_with_cuda_generator():
     x = position_images(256).cuda()

@@ -68,6 +68,67 @@ def add_run_config_options(p: argparse.ArgumentParser) -> None:
             )
 
 
+def add_slurm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local", "debug"),
+        default="slurm",
+        help="slurm executor: submitit's cluster; local runs the jobs as processes here, "
+        "debug in this process (default: slurm)",
+    )
+    p.add_argument(
+        "--slurm-partition", default=None, metavar="NAME", help="slurm executor: the partition"
+    )
+    p.add_argument(
+        "--slurm-gpus-per-job",
+        type=int,
+        default=None,
+        metavar="N",
+        help="slurm executor: GPUs per run (default: 1; local/debug: 1 if a GPU is visible)",
+    )
+    p.add_argument(
+        "--slurm-cpus-per-job",
+        type=int,
+        default=None,
+        metavar="N",
+        help="slurm executor: CPUs per run (default: the cluster's)",
+    )
+    p.add_argument(
+        "--slurm-time",
+        type=int,
+        default=None,
+        metavar="MINUTES",
+        help="slurm executor: time limit per job; a job that hits it is requeued and "
+        "resumes from its checkpoint (default: 1440)",
+    )
+    p.add_argument(
+        "--slurm-max-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="slurm executor: jobs queued or running at once (default: 32)",
+    )
+
+
+def slurm_options(args: argparse.Namespace) -> Any:
+    """SlurmOptions from the --slurm-* flags; flags without --executor slurm are refused."""
+    from hpstudy.executors import SlurmOptions
+
+    given = {
+        "partition": args.slurm_partition,
+        "gpus_per_job": args.slurm_gpus_per_job,
+        "cpus_per_job": args.slurm_cpus_per_job,
+        "time_minutes": args.slurm_time,
+        "max_parallel": args.slurm_max_parallel,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.executor != "slurm":
+        if given or args.slurm_cluster != "slurm":
+            raise HpstudyError("--slurm-* options need --executor slurm")
+        return None
+    return SlurmOptions(cluster=args.slurm_cluster, **given)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hpstudy.study.plan import BUDGETS
 
@@ -139,15 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=("local", "ray", "slurm"),
         default="local",
-        help="local: this machine; ray: a Ray cluster (pip install 'hpstudy[ray]')",
+        help="local: this machine; ray: a Ray cluster (pip install 'hpstudy[ray]'); slurm: "
+        "one SLURM job per run (pip install 'hpstudy[slurm]')",
     )
     p.add_argument(
         "--devices",
         default=None,
-        help="local executor: comma-separated GPU indices, one worker each",
+        help="local executor: comma-separated GPU indices, one worker each; repeat an index "
+        "(0,0) to share a GPU; without a GPU, that many CPU workers",
     )
+    p.add_argument(
+        "--runs-per-device",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local executor: N worker processes per device (default: the auto table's, 1)",
+    )
+    add_slurm_options(p)
     p.add_argument("--address", default=None, help="ray executor: cluster address (auto joins)")
     p.add_argument("--device", default=None, help="device for every run (default: auto)")
     add_data_options(p)
@@ -250,11 +321,13 @@ def cmd_study(args: argparse.Namespace) -> None:
     elif args.study_command == "status":
         print(study.status_text(args.dir))
     else:
+        if args.executor != "local" and (args.devices or args.runs_per_device is not None):
+            raise HpstudyError("--devices and --runs-per-device are for --executor local")
         devices = None
         if args.devices:
             try:
                 devices = [int(d) for d in args.devices.split(",")]
-            except ValueError:
+            except ValueError:  # int() also refuses "" (0,,1) and huge text
                 raise HpstudyError(
                     f"--devices: expected GPU indices like 0,1 (got {args.devices!r})"
                 ) from None
@@ -268,6 +341,8 @@ def cmd_study(args: argparse.Namespace) -> None:
             devices=devices,
             address=args.address,
             device=args.device,
+            runs_per_device=args.runs_per_device,
+            slurm=slurm_options(args),
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpstudy.defaults import auto_row
 from hpstudy.files import parse_model
 
 # Fields that change where or how fast a run executes, not what it computes.
@@ -29,12 +30,12 @@ MAX_SEED = 2**32 - 1  # what every generator the run seeds (torch, numpy) takes
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
-    """`auto` -> what runs best on the device: bf16 on CUDA (fp16 depthwise convolutions
-    regressed on Hopper in recent PyTorch), fp32 on a CPU (autocast to bf16 is ~16x slower
-    on CPUs without native bf16). An explicit choice is kept."""
+    """`auto` -> the device type's row of the `auto` table (hpstudy.defaults): fp32 on a CPU
+    (autocast to bf16 is ~16x slower on CPUs without native bf16), bf16 on CUDA until a
+    measured table says otherwise. An explicit choice is kept."""
     if precision != "auto":
         return precision
-    return "bf16" if device_type == "cuda" else "fp32"
+    return auto_row(device_type).precision
 
 
 class RunConfig(BaseModel):

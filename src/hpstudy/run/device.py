@@ -12,6 +12,7 @@ from torch import nn
 
 from hpstudy.config import RunConfig
 from hpstudy.constants import num_classes
+from hpstudy.defaults import auto_row
 from hpstudy.errors import HpstudyError
 from hpstudy.models import create_model
 
@@ -58,13 +59,11 @@ class Execution:
         precision = config.for_device(device.type).precision
         if precision == "fp16" and not cuda:
             raise HpstudyError("precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
-        # channels_last measured ~1.2x on a 2-core CPU and is the fast layout for
-        # cuDNN's bf16 convolutions; compile gave nothing on CPU and is unmeasured
-        # on GPU here, so it stays opt-in.
-        channels_last = True if config.channels_last is None else config.channels_last
-        compile_model = False if config.compile is None else config.compile
-        # batch 1024 keeps a GPU busy; on a CPU it is no faster than 256 and costs 0.5 GiB
-        eval_batch = config.eval_batch_size or (1024 if cuda else 256)
+        # `auto` (None) is the device type's row of the measured table (hpstudy.defaults)
+        row = auto_row(device.type)
+        channels_last = row.channels_last if config.channels_last is None else config.channels_last
+        compile_model = row.compile if config.compile is None else config.compile
+        eval_batch = config.eval_batch_size or row.eval_batch_size
         return cls(device, precision, channels_last, compile_model, eval_batch)
 
     @property

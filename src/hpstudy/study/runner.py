@@ -8,6 +8,7 @@ folder vanished) is trained again.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from rich.markup import escape
 
 from hpstudy import __version__, data
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Executor, Job, make_executor
+from hpstudy.executors import DataOptions, Executor, Job, SlurmOptions, make_executor
 from hpstudy.progress import log
 from hpstudy.run import RunDir, RunStatus, evaluate, load_data
 from hpstudy.study.plan import BUDGETS, Plan
@@ -91,6 +92,8 @@ def run_study(
     devices: list[int] | None = None,
     address: str | None = None,
     device: str | None = None,
+    runs_per_device: int | None = None,
+    slurm: SlurmOptions | None = None,
 ) -> StudyState:
     """Run (or resume) a study; returns its state. Writes the report at the end."""
     # the report is the step after the study: imported here so that importing
@@ -115,7 +118,18 @@ def run_study(
         return done
 
     options = DataOptions(root=root, verify=verify)
-    runner = make_executor(executor, options, devices=devices, address=address, device=device)
+    if executor == "slurm":  # submitit's job logs live in the study folder, on shared storage
+        slurm = slurm or SlurmOptions()
+        slurm = dataclasses.replace(slurm, folder=slurm.folder or folder.path / "slurm")
+    runner = make_executor(
+        executor,
+        options,
+        devices=devices,
+        runs_per_device=runs_per_device,
+        address=address,
+        device=device,
+        slurm=slurm,
+    )
     started = time.perf_counter()
     try:
         plan = Plan(study, budget, runner.device_type())

@@ -147,7 +147,9 @@ class StudyRecord(Record):
 
 
 # what hpstudy may leave in a study folder before its study.json exists
-OWN_BEFORE_RECORD = frozenset({LOCK_NAME, "study.json.tmp"})
+# the lock, study.json on its way, and the slurm executor's job logs (its first job, the
+# data summary, runs before study.json is written)
+OWN_BEFORE_RECORD = frozenset({LOCK_NAME, "study.json.tmp", "slurm"})
 
 
 class StudyFolder:

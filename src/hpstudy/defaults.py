@@ -1,0 +1,62 @@
+"""The `auto` table: what each `auto` execution choice means on a device type, as measured.
+
+The table ships with the package (auto_defaults.json beside this file) and is written by
+`benchmarks/gpu_check.py`, never guessed here: each row says where it was measured, and
+a row measured nowhere says so. `$HPSTUDY_AUTO_DEFAULTS` points at another table (one
+that gpu_check.py wrote on your GPU) without editing the package.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpstudy.errors import HpstudyError
+from hpstudy.files import read_model
+
+SHIPPED = Path(__file__).with_name("auto_defaults.json")
+ENV = "HPSTUDY_AUTO_DEFAULTS"
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+class AutoRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    precision: Literal["fp32", "bf16", "fp16"]
+    channels_last: bool
+    compile: bool
+    eval_batch_size: int = Field(ge=1, le=1 << 20)
+    runs_per_device: int = Field(ge=1, le=64)
+    measured_on: str | None  # None: assumed by the design, not measured
+    evidence: str = ""
+
+
+class AutoTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    about: str = ""
+    rows: dict[Literal["cpu", "cuda"], AutoRow]
+
+
+def table_path() -> Path:
+    return Path(os.environ[ENV]) if os.environ.get(ENV) else SHIPPED
+
+
+@functools.cache
+def load_table(path: Path) -> AutoTable:
+    table = read_model(path, AutoTable)
+    missing = [t for t in DEVICE_TYPES if t not in table.rows]
+    if missing:
+        raise HpstudyError(f"{path}: no row for {', '.join(missing)}")
+    return table
+
+
+def auto_row(device_type: str) -> AutoRow:
+    """The `auto` choices for `cpu` or `cuda`."""
+    if device_type not in DEVICE_TYPES:
+        raise HpstudyError(f"device type {device_type!r}: must be one of {', '.join(DEVICE_TYPES)}")
+    return load_table(table_path()).rows[device_type]  # type: ignore[index]

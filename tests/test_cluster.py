@@ -1,0 +1,388 @@
+"""Several runs per device and the SLURM executor: two CPU workers really overlap and give
+the sequential results; submitit's local cluster gives the local executor's results; jobs
+are pulled only as slots free; the `auto` table decides without changing run hashes; every
+bad option is one line.
+
+Cost: one sequential reference study, one with two worker processes, one through
+submitit's local cluster (five short jobs), three worker processes that fail at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_ray import assert_same, outcome
+
+from hpstudy import cli
+from hpstudy.config import RunConfig
+from hpstudy.errors import HpstudyError
+from hpstudy.executors import DataOptions, Job, SlurmOptions, make_executor
+from hpstudy.executors.local import LocalExecutor
+from hpstudy.run import Execution
+from hpstudy.study import run_study
+
+STUDY = """
+name = "cluster-tiny"
+seeds = [0]
+
+[base]
+width = 0.125
+limit_train = 384
+limit_val = 64
+device = "cpu"
+
+[[stages]]
+name = "lr"
+field = "lr"
+values = [0.05, 0.5]
+epochs = 2
+"""
+WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)  # what each of two CPU workers gets
+
+
+def run_with_threads(threads: int, **kwargs: Any) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_study(**kwargs)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cluster-study") / "tiny.toml"
+    path.write_text(STUDY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sequential(
+    study_file: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The reference: in this process, one run after the other, on a worker's threads."""
+    out = tmp_path_factory.mktemp("sequential") / "study"
+    run_with_threads(
+        WORKER_THREADS, spec=study_file, out=out, root=str(synthetic_root), verify=False
+    )
+    return outcome(out)
+
+
+def run_interval(run_dir: Path) -> tuple[float, float]:
+    """From the run's claim (config.json, written once data and model are there) to its
+    summary.json: when the run was training."""
+    return (run_dir / "config.json").stat().st_mtime, (run_dir / "summary.json").stat().st_mtime
+
+
+def test_two_cpu_workers_train_at_once_and_match_the_sequential_run(
+    study_file: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    sequential: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "study"
+    argv = ["study", "run", str(study_file), "--out", str(out), "--devices", "0,0"]
+    assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 0
+    if not torch.cuda.is_available():
+        assert "--devices starts 2 CPU worker processes" in capsys.readouterr().err
+    assert_same(sequential, outcome(out))
+    (a_start, a_end), (b_start, b_end) = (run_interval(p) for p in (out / "runs").iterdir())
+    assert a_start < b_end and b_start < a_end, "the two runs did not overlap"
+
+
+def test_the_local_executor_pulls_a_job_only_when_a_worker_is_free(tmp_path: Path) -> None:
+    """A search proposes its next trial from the results so far: job 3 is asked for only
+    once job 1 or 2 has ended (here: failed at once, no data where they look)."""
+    config = RunConfig(device="cpu")
+    jobs = [Job(config, tmp_path / f"run{i}", f"job {i}") for i in range(3)]
+    ended_before_pull: list[int] = []
+
+    def lazily() -> Iterator[Job]:
+        for i, job in enumerate(jobs):
+            ended_before_pull.append(sum((j.run_dir / "summary.json").exists() for j in jobs[:i]))
+            yield job
+
+    no_data = DataOptions(root=str(tmp_path / "empty"), verify=False)
+    LocalExecutor(no_data, workers=["cpu", "cpu"]).run(lazily())
+    assert ended_before_pull[:2] == [0, 0]
+    assert ended_before_pull[2] >= 1
+    for job in jobs:
+        summary = json.loads((job.run_dir / "summary.json").read_text())
+        assert summary["status"] == "failed" and "CIFAR-100" in summary["error"]
+
+
+def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
+    study_file: Path, synthetic_root: Path, tmp_path: Path, sequential: dict[str, Any]
+) -> None:
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    out = tmp_path / "study"
+    slurm = SlurmOptions(cluster="local", cpus_per_job=WORKER_THREADS, max_parallel=2)
+    run_study(
+        study_file, out=out, root=str(synthetic_root), verify=False, executor="slurm", slurm=slurm
+    )
+    assert_same(sequential, outcome(out))
+    logs = list((out / "slurm").glob("*_log.err"))
+    assert len(logs) == 5  # data summary, two runs, test evaluation, environment
+
+
+def test_slurm_pulls_jobs_as_slots_free_and_records_a_failed_job(tmp_path: Path) -> None:
+    """submitit's debug cluster runs each job in this process when its result is read."""
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    config = RunConfig(model="no-such-model", device="cpu")
+    jobs = [Job(config, tmp_path / f"run{i}", f"job {i}") for i in range(3)]
+    pulled_with_summaries: list[int] = []
+
+    def lazily() -> Iterator[Job]:
+        for i, job in enumerate(jobs):
+            pulled_with_summaries.append(
+                sum((j.run_dir / "summary.json").exists() for j in jobs[:i])
+            )
+            yield job
+
+    options = SlurmOptions(cluster="debug", max_parallel=1, folder=tmp_path / "slurm")
+    no_data = DataOptions(root=str(tmp_path / "empty"), verify=False)
+    make_executor("slurm", no_data, slurm=options).run(lazily())
+    assert pulled_with_summaries == [0, 1, 2]
+    for job in jobs:
+        assert json.loads((job.run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_preempted_job_requeues_the_same_run() -> None:
+    """submitit calls `checkpoint` on preemption or timeout and submits what it returns:
+    the same callable on the same job, which resumes from the run folder's checkpoint."""
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    from submitit.helpers import DelayedSubmission
+
+    from hpstudy.executors.slurm import SlurmRun
+
+    task = SlurmRun(cpus_per_job=1)
+    job = Job(RunConfig(device="cpu"), Path("/shared/runs/x"), "x")
+    args = (job, DataOptions(root="/shared/data", verify=True), "cpu")
+    again = task.checkpoint(*args)
+    assert isinstance(again, DelayedSubmission)
+    assert again.function is task and again.args == args
+
+
+def test_a_job_preempted_mid_run_is_requeued_and_resumes_to_the_same_result(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """SIGUSR2 is SLURM's preemption and time-limit warning: submitit checkpoints, the job
+    is requeued (submitit's local cluster restarts it), and the run resumes from its last
+    epoch, ending bit for bit where an uninterrupted run on one thread ends."""
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    from hpstudy.executors.slurm import SlurmRun
+    from hpstudy.run import train
+
+    config = RunConfig(width=0.125, limit_train=256, limit_val=64, device="cpu", epochs=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = train(config, tmp_path / "whole", root=synthetic_root, verify=False)
+    finally:
+        torch.set_num_threads(before)
+
+    options = SlurmOptions(cluster="local", cpus_per_job=1, folder=tmp_path / "slurm")
+    executor = make_executor("slurm", DataOptions(str(synthetic_root), False), slurm=options)
+    job = Job(config, tmp_path / "cut", "cut")
+    submitted = executor.submit(SlurmRun(cpus_per_job=1), job, executor.data, "cpu")
+    controller = submitted._process.pid  # submitit's local controller; the run is its child
+    children = Path(f"/proc/{controller}/task/{controller}/children")
+    if not children.exists():
+        submitted.cancel()
+        pytest.skip("needs Linux's /proc to find the job's task")
+    while not (job.run_dir / "checkpoint.pt").exists():
+        assert not submitted.done(), "the job ended before its first checkpoint"
+        time.sleep(0.1)
+    os.kill(int(children.read_text().split()[0]), signal.SIGUSR2)
+    resumed = submitted.result()
+    log = next(options.folder.glob("*_log.err")).read_text()
+    assert "preempted" in log and "resuming after epoch" in log
+    assert resumed.status == "finished" and resumed.epochs_done == 3
+    assert resumed.final is not None and whole.final is not None
+    same = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5")
+    assert {k: resumed.final[k] for k in same} == {k: whole.final[k] for k in same}
+
+
+def test_a_jobs_own_one_line_error_comes_back_as_that_line(
+    study_file: Path, tmp_path: Path
+) -> None:
+    """The first job (the data summary) fails in its own process on the missing data; the
+    driver says so in the job's words, not submitit's traceback."""
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    slurm = SlurmOptions(cluster="local", cpus_per_job=1)
+    with pytest.raises(HpstudyError) as caught:
+        run_study(
+            study_file, out=tmp_path / "s", root=str(tmp_path / "no-data"), executor="slurm",
+            slurm=slurm,
+        )  # fmt: skip
+    message = str(caught.value)
+    assert message.startswith("cannot download CIFAR-100") and "\n" not in message, message
+
+
+def test_slurm_on_a_machine_without_slurm_is_one_line_and_leaves_a_usable_folder(
+    study_file: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no sbatch, whatever the host has
+    out = tmp_path / "study"
+    argv = ["study", "run", str(study_file), "--out", str(out), "--executor", "slurm"]
+    assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "slurm" in err[0]
+    assert not (out / "study.json").exists()
+    # the job logs folder is the executor's own: the folder is still this study's to use
+    from hpstudy.study import StudyFolder
+
+    assert StudyFolder(out).foreign_files() == []
+
+
+def test_without_submitit_the_cli_says_how_to_install_it_in_one_line(
+    study_file: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)  # `import submitit` now raises
+    out = tmp_path / "out"
+    argv = ["study", "run", str(study_file), "--out", str(out), "--executor", "slurm"]
+    assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: the slurm executor needs submitit: pip install 'hpstudy[slurm]'\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--runs-per-device", "0"], "--runs-per-device: must be 1..256"),
+        (["--runs-per-device", "-3"], "--runs-per-device: must be 1..256"),
+        (["--runs-per-device", str(10**30)], "--runs-per-device: must be 1..256"),
+        (["--devices", "-1"], "--devices: GPU indices are >= 0"),
+        (["--devices", "0,,1"], "--devices: expected GPU indices"),
+        (["--devices", "zero"], "--devices: expected GPU indices"),
+        (["--devices", ",".join(["0"] * 300)], "at most 256"),
+        (["--devices", "0", "--device", "mps"], "--devices with --device mps"),
+        (["--devices", "0,1", "--executor", "ray"], "are for --executor local"),
+        (["--runs-per-device", "2", "--executor", "slurm"], "are for --executor local"),
+        (["--slurm-time", "30"], "--slurm-* options need --executor slurm"),
+        (["--slurm-cluster", "local"], "--slurm-* options need --executor slurm"),
+        (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time: must be 1.."),
+        (["--executor", "slurm", "--slurm-time", str(10**12)], "--slurm-time: must be 1.."),
+        (["--executor", "slurm", "--slurm-max-parallel", "0"], "--slurm-max-parallel: must"),
+        (["--executor", "slurm", "--slurm-gpus-per-job", "-1"], "--slurm-gpus-per-job: must"),
+        (["--executor", "slurm", "--slurm-cpus-per-job", "0"], "--slurm-cpus-per-job: must"),
+        (["--executor", "slurm", "--slurm-partition", "gpu; rm -rf /"], "not a partition name"),
+        (["--executor", "slurm", "--slurm-partition", ""], "not a partition name"),
+        (["--executor", "slurm", "--device", "cuda:1"], "use cpu or cuda"),
+        (
+            ["--executor", "slurm", "--device", "cuda", "--slurm-gpus-per-job", "0"],
+            "give the jobs a GPU",
+        ),
+    ],
+)
+def test_bad_cluster_options_are_one_line_and_start_nothing(
+    flags: list[str],
+    needle: str,
+    study_file: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if "slurm" in flags:
+        pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
+    out = tmp_path / "out"
+    argv = ["study", "run", str(study_file), "--out", str(out), *flags]
+    assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- the `auto` table
+
+
+def test_auto_resolves_from_the_table_and_keeps_todays_run_hashes() -> None:
+    auto = RunConfig(device="cpu")
+    assert auto.for_device("cpu").run_hash() == RunConfig(precision="fp32").run_hash()
+    assert auto.for_device("cuda").run_hash() == RunConfig(precision="bf16").run_hash()
+    ex = Execution.resolve(auto)
+    assert (ex.precision, ex.channels_last, ex.compile, ex.eval_batch_size) == (
+        "fp32",
+        True,
+        False,
+        256,
+    )
+    # without a GPU, no worker processes: today's sequential run in this process
+    assert make_executor("local", DataOptions(None, False), device="cpu").workers is None
+
+
+def write_table(path: Path, **cuda: Any) -> Path:
+    shipped = json.loads(
+        (Path(__file__).parents[1] / "src/hpstudy/auto_defaults.json").read_text()
+    )
+    shipped["rows"]["cpu"].update(cuda.pop("cpu", {}))
+    shipped["rows"]["cuda"].update(cuda)
+    path.write_text(json.dumps(shipped))
+    return path
+
+
+def test_a_measured_table_changes_what_auto_means(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = write_table(
+        tmp_path / "measured.json",
+        precision="fp16",
+        measured_on="a GPU",
+        cpu={"eval_batch_size": 128, "runs_per_device": 2},
+    )
+    monkeypatch.setenv("HPSTUDY_AUTO_DEFAULTS", str(table))
+    assert RunConfig().for_device("cuda").precision == "fp16"
+    assert Execution.resolve(RunConfig(device="cpu")).eval_batch_size == 128
+    executor = make_executor("local", DataOptions(None, False), device="cpu")
+    assert executor.workers == ["cpu", "cpu"]  # the table's runs per device
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"rows": {"cpu": {}}}', "rows.cpu.precision"),
+        ("[]", "expected a table of keys"),
+    ],
+)
+def test_a_broken_table_is_one_line(
+    content: str, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / f"{abs(hash(content))}.json"
+    path.write_text(content)
+    monkeypatch.setenv("HPSTUDY_AUTO_DEFAULTS", str(path))
+    with pytest.raises(HpstudyError, match=needle):
+        RunConfig().for_device("cpu")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"precision": "fp8"}, {"eval_batch_size": 0}, {"runs_per_device": 10**9}, {"compile": "x"}],
+)
+def test_a_table_with_bad_values_is_refused(
+    change: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HPSTUDY_AUTO_DEFAULTS", str(write_table(tmp_path / "t.json", **change)))
+    with pytest.raises(HpstudyError, match=r"t\.json: rows\.cuda\."):
+        RunConfig().for_device("cuda")
