@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import wait
 from typing import Any, TypeVar
 
@@ -47,7 +47,7 @@ class LocalExecutor:
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args, self.workers[0] if self.workers else self.device)
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: Iterable[Job]) -> None:
         if not self.workers:
             for job in jobs:
                 run_job(job, self.options, device=self.device)
@@ -55,16 +55,19 @@ class LocalExecutor:
         # spawn, not fork: CUDA cannot be initialised in a forked child
         ctx = multiprocessing.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // len(self.workers))
-        free, queue = list(self.workers), list(jobs)
+        free, queue = list(self.workers), iter(jobs)
         running: dict[Any, tuple[Any, Job, str]] = {}
         try:
-            while queue or running:
-                while queue and free:
-                    job, device = queue.pop(0), free.pop(0)
+            while True:
+                # the next job is pulled only once a worker is free for it (lazy jobs)
+                while free and (job := next(queue, None)) is not None:
+                    device = free.pop(0)
                     args = (job, self.options, device, threads)
                     process = ctx.Process(target=worker_main, args=args, daemon=True)
                     process.start()
                     running[process.sentinel] = (process, job, device)
+                if not running:
+                    break
                 for sentinel in wait(list(running)):
                     process, job, device = running.pop(sentinel)
                     process.join()

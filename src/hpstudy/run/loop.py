@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,10 @@ def resume(run: RunDir, trainer: Trainer, config: RunConfig) -> tuple[list[Metri
     return rows, start
 
 
+# called after each epoch with its number and row; True stops the run as pruned
+EpochHook = Callable[[int, MetricRow], bool]
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -188,8 +192,13 @@ def train(
     root: str | Path | None = None,
     verify: bool = True,
     show_progress: bool | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> Summary:
-    """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary."""
+    """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary.
+
+    `on_epoch(epoch, row)` runs after every epoch, before its checkpoint (and again for
+    the checkpoint's epoch on resume, so a kill between the two loses no decision); when
+    it returns True before the last epoch the run stops, recorded as pruned."""
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     run = RunDir(run_dir)
@@ -203,6 +212,8 @@ def train(
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows)
+    if on_epoch is not None and 0 < start_epoch < config.epochs and on_epoch(start_epoch, rows[-1]):
+        return pruned(run, trainer, rows, start_epoch)
 
     for epoch in range(start_epoch, config.epochs):
         lr = trainer.set_lr(epoch)
@@ -229,6 +240,7 @@ def train(
             "images_per_s": len(d.train_x) / train_seconds,
         }
         rows.append(row)
+        stop = on_epoch is not None and on_epoch(epoch + 1, row) and epoch + 1 < config.epochs
         run.save_checkpoint(
             {
                 **trainer.state(),
@@ -245,7 +257,14 @@ def train(
             f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "
             f"({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)"
         )
+        if stop:
+            return pruned(run, trainer, rows, epoch + 1)
     return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
+
+
+def pruned(run: RunDir, trainer: Trainer, rows: list[MetricRow], epoch: int) -> Summary:
+    log(f"{run.name}: pruned after epoch {epoch}/{trainer.config.epochs}")
+    return finish(run, trainer, rows, RunStatus.PRUNED, epoch)
 
 
 def finish(
