@@ -196,7 +196,8 @@ class OptunaSearch:
         try:
             self.journal.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise HpstudyError(f"{self.journal.parent}: cannot create ({err.strerror or err})")
+            reason = err.strerror or err
+            raise HpstudyError(f"{self.journal.parent}: cannot create ({reason})") from None
         self.distributions = optuna_distributions(stage.space)
         self.study = optuna.create_study(
             storage=open_storage(self.journal),
@@ -222,8 +223,8 @@ class OptunaSearch:
             reused = run_hash in self.seen
             self.seen.add(run_hash)
             run_dir = self.folder.run_dir(run_hash)
-            entries.append(RunEntry(seed=seed, run_hash=run_hash, reused=reused,
-                                    run_dir=run_dir.relative_to(self.folder.path).as_posix()))  # fmt: skip
+            relative = run_dir.relative_to(self.folder.path).as_posix()
+            entries.append(RunEntry(seed=seed, run_hash=run_hash, run_dir=relative, reused=reused))
             trial = None
             if seed == self.plan.study.seeds[0]:
                 # absolute: a worker's working directory may be elsewhere
@@ -355,8 +356,8 @@ __all__ = [
     "corners",
     "draw_random",
     "label_of",
-    "needs_training",
     "load_stage_study",
+    "needs_training",
     "open_storage",
     "trial_reporter",
 ]

@@ -9,8 +9,8 @@ typo or adding seeds never locks a study folder.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import tomllib
 import unicodedata
 from importlib import resources
@@ -490,7 +490,8 @@ def describe(study: StudyConfig) -> str:
     ]
     for i, stage in enumerate(study.stages, 1):
         extra = f", overrides {stage.overrides}" if stage.overrides else ""
-        lines.append(f"stage {i} {stage.name}: {describe_stage(stage)}, {stage.epochs} epochs{extra}")
+        what = describe_stage(stage)
+        lines.append(f"stage {i} {stage.name}: {what}, {stage.epochs} epochs{extra}")
     lines.append(
         f"final: winner of stage {len(study.stages)} evaluated once on {study.final.split}"
     )
