@@ -141,11 +141,13 @@ def settings(stage: AnyStage) -> list[tuple[str, Any]]:
 
 
 def candidates(stage: AnyStage) -> list[Any]:
-    """Values standing for whatever the stage may pick: its settings, or for an optuna
-    stage each bound and each choice of each field."""
+    """Values standing for whatever the stage may pick: its settings, and for a search
+    stage each bound and each choice of each field (a bad space is refused as written,
+    whichever draws it happens to give)."""
     if isinstance(stage, OptunaStage):
         return corners(stage.space)
-    return [value for _, value in settings(stage)]
+    found = [value for _, value in settings(stage)]
+    return found + corners(stage.space) if isinstance(stage, RandomStage) else found
 
 
 def stand_ins(stage: AnyStage) -> list[Any]:
