@@ -638,10 +638,12 @@ def extra_figures(stages: list[StageState]) -> dict[int, str]:
     """Which stage opens with which extra figure: the first stage varying `schedule` with a
     cosine setting gets the learning rate, the first varying `mixup_alpha` the Beta density."""
     extra: dict[int, str] = {}
-    cosine = [k for k, s in enumerate(stages)
+    # a values stage's settings are the field's values; a search stage's are dicts
+    plain = [(k, s) for k, s in enumerate(stages) if s.kind == "values"]
+    cosine = [k for k, s in plain
               if s.field == "schedule" and any(is_cosine(x) for x in s.settings)]  # fmt: skip
     lr = cosine[0] if cosine else None
-    beta = next((k for k, s in enumerate(stages) if s.field == "mixup_alpha"), None)
+    beta = next((k for k, s in plain if s.field == "mixup_alpha"), None)
     if lr is not None:
         extra[lr] = "lr"
     if beta is not None:

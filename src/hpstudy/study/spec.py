@@ -25,13 +25,14 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
 from hpstudy.config import MAX_SEED, RunConfig
 from hpstudy.errors import HpstudyError
-from hpstudy.files import parse_model
+from hpstudy.files import errors_message
 
 # fields a stage may not vary: the study decides them
 RESERVED_FIELDS = frozenset({"seed", "epochs"})
@@ -418,6 +419,21 @@ class StudyConfig(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def parse_study(raw: dict[str, Any], where: str) -> StudyConfig:
+    """`raw` as a StudyConfig, or one HpstudyError; a stage's errors are located as the file
+    writes them (`stages.0.field`), without the stage kind pydantic adds to the location."""
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        errors = [
+            {**e, "loc": e["loc"][:2] + e["loc"][3:]}
+            if len(e["loc"]) > 2 and e["loc"][0] == "stages" and e["loc"][2] in STAGE_KINDS
+            else e
+            for e in err.errors()
+        ]
+        raise HpstudyError(f"{where}: {errors_message(errors)}") from None
+
+
 def describe_stage(stage: AnyStage) -> str:
     """What a stage tries, in one phrase."""
     if isinstance(stage, Stage):
@@ -468,7 +484,7 @@ def load_study(spec: str | Path) -> StudyConfig:
         raw = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise HpstudyError(f"{where}: not valid TOML ({err})") from None
-    study = parse_model(StudyConfig, raw, where)
+    study = parse_study(raw, where)
     study._source = where
     for k, stage in enumerate(study.stages):
         if stage.kind == "optuna":
