@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -442,6 +443,16 @@ def test_a_rerun_after_the_report_is_lost_asks_and_trains_nothing(
     assert trials_of(killed) == before
     assert {p: p.stat().st_mtime_ns for p in killed.rglob("checkpoint.pt")} == trained
     assert (killed / "report.md").is_file()
+    # a told trial whose run folder vanished: the run trains again, the trial stays as told
+    tpe = state_of(killed)["stages"][2]
+    loser = next(s for i, s in enumerate(tpe["settings"]) if i != tpe["winner"] and s["final"])
+    run = killed / loser["runs"][0]["run_dir"]
+    val_acc = RunDir(run).read_summary().final["val_acc"]  # type: ignore[union-attr]
+    shutil.rmtree(run)
+    (killed / "report.md").unlink()
+    run_in_process(study, killed, synthetic_root)
+    assert RunDir(run).read_summary().final["val_acc"] == val_acc  # type: ignore[union-attr]
+    assert trials_of(killed) == before
 
 
 # ---------------------------------------------------------------- parallel trials

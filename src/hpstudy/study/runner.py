@@ -379,8 +379,9 @@ def status_text(out: str | Path) -> str:
                 epoch = f"{rows[-1]['epoch'] if rows else 0}/{stage.epochs}"
                 acc = f"{rows[-1]['val_acc']:.4f}" if rows else "—"
                 marks = (" (reused)" if run.reused else "") + (" *" if k == stage.winner else "")
+                shown = f"trial {setting.trial}" if setting.trial is not None else setting.label
                 lines.append(
-                    f"{stage.name[:16]:16} {setting.label[:12]:12} {run.seed:>4} "
+                    f"{stage.name[:16]:16} {shown[:12]:12} {run.seed:>4} "
                     f"{status:9} {epoch:>7} {acc:>8}  {run.run_hash}{marks}"
                 )
     if any(stage.winner is not None for stage in state.stages):

@@ -129,6 +129,9 @@ def trial_reporter(ref: TrialRef) -> Callable[[int, MetricRow], bool]:
     )
     study_id = storage.get_study_id_from_name(ref.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, ref.number)
+    if storage.get_trial(trial_id).state != optuna.trial.TrialState.RUNNING:
+        # a told trial whose run folder vanished: the run trains again, the trial is settled
+        return lambda epoch, row: False
     trial = optuna.trial.Trial(study, trial_id)
 
     def on_epoch(epoch: int, row: MetricRow) -> bool:
