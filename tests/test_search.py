@@ -354,9 +354,17 @@ class PruneOdd(optuna.pruners.BasePruner):
 
 
 def run_in_process(study: Path, out: Path, root: Path) -> None:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search, "make_pruner", lambda name: PruneOdd())
-        state = run_study(study, out=out, budget="smoke", root=str(root), verify=False)
+    """As `drive` does it, in this process: one torch thread (CPU sums depend on the count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(search, "make_pruner", lambda name: PruneOdd())
+            state = run_study(study, out=out, budget="smoke", root=str(root), verify=False)
+    finally:
+        torch.set_num_threads(threads)
     assert state.status == "finished"
 
 
