@@ -3,7 +3,8 @@
 Measures hpstudy's train step (Trainer.train_epoch) and evaluation (Trainer.evaluate at the
 eval batch) for a few batches, then adds up every distinct run of the study (Plan.distinct_runs):
 epochs x (train images / train rate + val images / eval rate + checkpoint write),
-plus the final test evaluation of each seed.
+plus the final test evaluation of each seed. A grid or random stage counts its settings; an
+optuna stage counts `n_trials` runs at its full horizon (an upper bound: pruned trials stop early).
 
     python benchmarks/study_cost.py --root /tmp/cifar-real --no-verify
     python benchmarks/study_cost.py --steps 3 --eval-batches 1     # synthetic data, quick

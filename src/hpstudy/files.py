@@ -50,8 +50,13 @@ def read_json(path: Path) -> Any:
 
 def validation_message(err: ValidationError) -> str:
     """Every bad field of a pydantic error on one line: `lr: must be > 0 (got -1); ...`."""
+    return errors_message(err.errors())
+
+
+def errors_message(errors: list[Any]) -> str:
+    """`validation_message` of a pydantic error's `errors()`, perhaps with locations edited."""
     parts = []
-    for e in err.errors():
+    for e in errors:
         loc = ".".join(str(p) for p in e["loc"]) or "value"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":

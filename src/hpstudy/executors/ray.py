@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,11 +139,22 @@ class RayExecutor:
         cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
         return {"num_cpus": max(1, int(min((c for c in cpus if c >= 1), default=1)))}
 
-    def run(self, jobs: list[Job]) -> None:
-        if not jobs:
-            return
+    def slots(self, resources: dict[str, float]) -> int:
+        """How many runs the cluster holds at once: its GPUs, or its CPUs per run."""
         import ray
 
+        total = ray.cluster_resources()
+        if "num_gpus" in resources:
+            return max(1, int(total.get("GPU", 0) // resources["num_gpus"]))
+        return max(1, int(total.get("CPU", 0) // resources["num_cpus"]))
+
+    def run(self, jobs: Iterable[Job]) -> None:
+        import ray
+
+        queue = iter(jobs)
+        first = next(queue, None)
+        if first is None:
+            return
         self.connect()
         resources = self.resources()
         remote = ray.remote(run_task).options(
@@ -153,16 +164,25 @@ class RayExecutor:
             retry_exceptions=False,
         )
         threads = max(1, int(resources["num_cpus"]))
-        # workers on other nodes do not share this process's working directory
-        shipped = [dataclasses.replace(job, run_dir=absolute(job.run_dir)) for job in jobs]
-        pending = {
-            remote.remote(self.task, job, self.options, self.device, threads): job
-            for job in shipped
-        }
+        slots = self.slots(resources)
         each = f"{resources['num_gpus']} GPU" if "num_gpus" in resources else f"{threads} CPU"
-        log(f"ray: {len(jobs)} runs queued, {each} each")
+        log(f"ray: up to {slots} runs at once, {each} each")
+        pending: dict[Any, Job] = {}
+
+        def submit(job: Job) -> None:
+            # workers on other nodes do not share this process's working directory
+            job = dataclasses.replace(job, run_dir=absolute(job.run_dir))
+            pending[remote.remote(self.task, job, self.options, self.device, threads)] = job
+
+        submit(first)
         done_count = 0
-        while pending:
+        while True:
+            # the next job is pulled only when a slot is free (lazy jobs: a search asks
+            # its sampler for the next trial now, having read the runs that ended)
+            while len(pending) < slots and (job := next(queue, None)) is not None:
+                submit(job)
+            if not pending:
+                break
             ready, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ready[0])
             done_count += 1
@@ -176,7 +196,7 @@ class RayExecutor:
                 message = f"ray task failed after {self.max_retries} retries: {first_line(err)}"
                 record_failure(job, message, str(err))
                 continue
-            log(f"ray: {done_count}/{len(jobs)} {name}: {describe(summary)}")
+            log(f"ray: {done_count} done, {name}: {describe(summary)}")
 
 
 def describe(summary: Summary) -> str:

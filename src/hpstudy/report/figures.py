@@ -1,4 +1,5 @@
-"""The report's figures as matplotlib Figures: class proportions, stage curves, lr, Beta density.
+"""The report's figures as matplotlib Figures: class proportions, stage curves, lr, Beta density,
+and Optuna's own plots of a search stage.
 
 Each function takes the figure's number (its title says "Figure N") and plain
 data, and returns an unsaved Figure; `save` writes one as a PNG. The
@@ -9,7 +10,9 @@ process's backend alone: safe headless and inside a user's notebook.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -139,4 +142,40 @@ def beta_density(number: int, alpha: float) -> Figure:
     ax.set(xlabel="λ", ylabel="density", xlim=(0, 1), ylim=(0, 1.1 * max(heights.max(), 2.0)))
     ax.set_title(f"Figure {number}: Beta({alpha:g}, {alpha:g})")
     ax.legend(loc="upper center")
+    return fig
+
+
+# Optuna's matplotlib plots of a search stage: (function, title, complete trials it needs)
+OPTUNA_PLOTS = {
+    "history": ("plot_optimization_history", "optimisation history", 1),
+    "parallel": ("plot_parallel_coordinate", "parallel coordinates of the trials", 1),
+    "importances": ("plot_param_importances", "parameter importances", 2),
+}
+
+
+class FigureSkipped(Exception):
+    """Why a figure cannot be drawn (said in the report instead of the figure)."""
+
+
+def optuna_plot(number: int, what: str, study: Any, name: str) -> Figure:
+    """Optuna's matplotlib-backend plot `what` of `study`; FigureSkipped when it cannot."""
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as optuna_matplotlib
+
+    function, title, needed = OPTUNA_PLOTS[what]
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if complete < needed:
+        raise FigureSkipped(f"it needs {needed} complete trial(s), the stage has {complete}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's experimental-API warnings
+            ax = getattr(optuna_matplotlib, function)(study)
+    except Exception as err:  # Optuna refuses some histories (e.g. no varying parameter)
+        raise FigureSkipped(f"Optuna could not draw it ({type(err).__name__}: {err})") from None
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    plt.close(fig)  # Optuna draws through pyplot: keep the figure out of its registry
+    fig.set_size_inches(9, 5.5)
+    fig.suptitle(f"Figure {number}: {name}: {title}")
+    fig.tight_layout()  # Optuna leaves long parameter names cut at the left edge
     return fig

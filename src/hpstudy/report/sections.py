@@ -19,8 +19,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from hpstudy.errors import HpstudyError
 from hpstudy.report import figures
 from hpstudy.report.read import Run, Study
+from hpstudy.run import RunStatus
 from hpstudy.study.select import summarise
 from hpstudy.study.state import METRICS, SettingState, StageState, Stat, StudyState
 
@@ -31,6 +33,15 @@ METRIC_TITLES = {
     "val_acc": "val acc",
 }
 BETTER = {"val_acc": "highest", "val_loss": "lowest"}
+KIND_WORDS = {
+    "values": "Varies",
+    "grid": "A joint grid over",
+    "random": "A random search over",
+    "optuna": "An Optuna TPE search over",
+}
+SEARCH_ORDER = (
+    "; best first, pruned and unfinished runs last (pruned ones with the epoch they reached)"
+)
 DASH = "—"
 FINAL_CONFIG_SHOWN = ("lr", "schedule", "weight_decay", "mixup_alpha", "epochs")
 RUN_TABLE_HEADER = ["run", "stage: setting", "seed", "status", "epochs done", "wall time",
@@ -210,8 +221,15 @@ def setting_finals(setting: SettingState, runs: list[Run]) -> dict[str, Stat | N
     return {m: summarise([row[m] for row in rows if m in row]) for m in METRICS}
 
 
-def status_text(runs: list[Run]) -> str:
-    counts = Counter(str(r.status) for r in runs)
+def status_text(runs: list[Run], epochs: int | None = None) -> str:
+    """How the runs ended; a pruned run with the epoch it reached ("pruned at epoch 3/30")."""
+    def word(r: Run) -> str:
+        if r.status != RunStatus.PRUNED:
+            return str(r.status)
+        reached = r.summary.epochs_done if r.summary else len(r.rows)
+        return f"pruned at epoch {reached}" + (f"/{epochs}" if epochs else "")
+
+    counts = Counter(word(r) for r in runs)
     return ", ".join(f"{n} {status}" for status, n in counts.items()) or DASH
 
 
@@ -279,12 +297,16 @@ def title_blocks(study: Study) -> list[Block]:
         ))  # fmt: skip
     blocks += [Para(note) for note in state.report.notes]
     so_far = "" if state.status == "finished" else " so far"
+    how = (
+        "one hyperparameter at a time, each keeping the winner of the one before"
+        if all(s.kind == "values" for s in state.stages)
+        else "each keeping the winners of the ones before"
+    )
     named = f"Study {code(state.name)}: " if state.report.title else ""
     blocks.append(Para(
-        f"{named}{plural(len(state.stages), 'stage')}{so_far}, one hyperparameter at a time, each "
-        f"keeping the winner of the one before: {settings} settings × {len(state.seeds)} "
-        f"seed(s) {state.seeds} = {entries} runs, {distinct} distinct ({entries - distinct} "
-        f"reused, not trained again). The winner of a stage has the "
+        f"{named}{plural(len(state.stages), 'stage')}{so_far}, {how}: {settings} settings × "
+        f"{len(state.seeds)} seed(s) {state.seeds} = {entries} runs, {distinct} distinct "
+        f"({entries - distinct} reused, not trained again). The winner of a stage has the "
         f"{BETTER[state.selection]} mean `{state.selection}` at the final epoch, on the "
         "validation split."
     ))  # fmt: skip
@@ -413,17 +435,18 @@ def stage_blocks(
     csv_header = ["setting", "n", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
     csv_header += [f"published_{m}" for m in METRICS] if published else []
     csv_header.append("winner")
-    rows, csv_rows, curves, finals = [], [], [], []
-    for i, setting in enumerate(stage.settings):
+    rows, csv_rows, curves = [], [], []
+    finals = [setting_finals(s, study.runs_of(s)) for s in stage.settings]
+    for i in shown_order(stage, finals, study.state.selection):
+        setting, final = stage.settings[i], finals[i]
         runs = study.runs_of(setting)
-        final, pub = setting_finals(setting, runs), published_of(setting)
-        finals.append(final)
+        pub = published_of(setting)
         n = max((s.n for s in final.values() if s), default=0)
         cells = [
             fmt_stat(final[m]) + (f" ({sig3(pub[m])})" if pub[m] is not None else "")
             for m in METRICS
         ]
-        row = [text(setting.label), f"{n}/{len(runs)}", status_text(runs), *cells]
+        row = [text(setting.label), f"{n}/{len(runs)}", status_text(runs, stage.epochs), *cells]
         if i == stage.winner:
             row = [f"**{c}**" for c in row]
         rows.append(row)
@@ -435,11 +458,13 @@ def stage_blocks(
     table = NamedTable(f"stage{k}_{slug}", header, rows, csv_header, csv_rows)
 
     what = "published value in brackets; " if published else ""
+    order = "" if stage.kind == "values" else SEARCH_ORDER
     blocks: list[Block] = [
         Heading(f"Stage {k}: {text(stage.name)}"),
         Para(
-            f"Varies {code(stage.field)} for {plural(stage.epochs, 'epoch')}. Final-epoch "
-            f"values, mean ± sample std over the finished seeds, {what}the winner in bold."
+            f"{KIND_WORDS[stage.kind]} {code(stage.field)} for {plural(stage.epochs, 'epoch')}. "
+            f"Final-epoch values, mean ± sample std over the finished seeds, {what}the winner "
+            f"in bold{order}."
         ),
     ]
     # the figure a stage explains (lr under cosine, the Beta density) opens it, as in the report
@@ -458,7 +483,53 @@ def stage_blocks(
         ))  # fmt: skip
     else:
         blocks.append(Para(f"Figure {number} skipped: no epoch of this stage has finished yet."))
+    if stage.kind == "optuna":
+        blocks += optuna_blocks(study, stage, numbers)
     return blocks, table
+
+
+def shown_order(
+    stage: StageState, finals: list[dict[str, Stat | None]], selection: str
+) -> list[int]:
+    """A values stage in the study file's order; a search stage's settings best first, those
+    without a finished run (pruned, diverged, failed, pending) last, in their order."""
+    if stage.kind == "values":
+        return list(range(len(stage.settings)))
+    sign = -1 if selection == "val_acc" else 1
+
+    def key(i: int) -> tuple[int, bool, float, int]:
+        stat = finals[i].get(selection)
+        if stat is None or not math.isfinite(stat.mean):
+            return (1, True, 0.0, i)
+        return (0, i != stage.winner, sign * stat.mean, i)  # the winner heads a tie
+
+    return sorted(range(len(stage.settings)), key=key)
+
+
+def optuna_blocks(study: Study, stage: StageState, numbers: FigureNumbers) -> list[Block]:
+    """Optuna's own figures of the stage's trials, read from its journal."""
+    from hpstudy.study.search import load_stage_study
+
+    wanted = [(what, numbers.take(None)) for what in figures.OPTUNA_PLOTS]
+    try:
+        optuna_study = load_stage_study(study.path, stage)
+    except HpstudyError as err:
+        return [Para(f"Figures {', '.join(str(n) for _, n in wanted)} skipped: {text(err)}.")]
+    blocks: list[Block] = []
+    for what, number in wanted:
+        title = figures.OPTUNA_PLOTS[what][1]
+        try:
+            fig = figures.optuna_plot(number, what, optuna_study, stage.name)
+        except figures.FigureSkipped as why:
+            blocks.append(Para(f"Figure {number} ({title}) skipped: {text(why)}."))
+            continue
+        blocks.append(Image(
+            f"figures/fig{number}_{slugify(stage.name)}_{what}.png",
+            f"Figure {number}: {text(stage.name)}: {title} (Optuna), from the stage's journal "
+            f"{code(stage.journal)}.",
+            fig,
+        ))  # fmt: skip
+    return blocks
 
 
 def final_blocks(study: Study) -> tuple[list[Block], list[NamedTable]]:
@@ -611,10 +682,12 @@ def extra_figures(stages: list[StageState]) -> dict[int, str]:
     """Which stage opens with which extra figure: the first stage varying `schedule` with a
     cosine setting gets the learning rate, the first varying `mixup_alpha` the Beta density."""
     extra: dict[int, str] = {}
-    cosine = [k for k, s in enumerate(stages)
+    # a values stage's settings are the field's values; a search stage's are dicts
+    plain = [(k, s) for k, s in enumerate(stages) if s.kind == "values"]
+    cosine = [k for k, s in plain
               if s.field == "schedule" and any(is_cosine(x) for x in s.settings)]  # fmt: skip
     lr = cosine[0] if cosine else None
-    beta = next((k for k, s in enumerate(stages) if s.field == "mixup_alpha"), None)
+    beta = next((k for k, s in plain if s.field == "mixup_alpha"), None)
     if lr is not None:
         extra[lr] = "lr"
     if beta is not None:

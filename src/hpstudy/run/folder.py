@@ -55,12 +55,13 @@ class RunStatus(StrEnum):
     PARTIAL = "partial"  # some epochs done, resumable from the checkpoint
     FINISHED = "finished"
     DIVERGED = "diverged"  # a non-finite train or validation metric; never wins
+    PRUNED = "pruned"  # stopped early by a search's pruner; never retried, never wins
     FAILED = "failed"  # an error stopped it; retried by the next `study run`
 
     @property
     def done(self) -> bool:
-        """Nothing more to train: a finished or diverged run is kept as it is."""
-        return self in (RunStatus.FINISHED, RunStatus.DIVERGED)
+        """Nothing more to train: a finished, diverged or pruned run is kept as it is."""
+        return self in (RunStatus.FINISHED, RunStatus.DIVERGED, RunStatus.PRUNED)
 
 
 class Evaluation(BaseModel):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,10 @@ def resume(run: RunDir, trainer: Trainer, config: RunConfig) -> tuple[list[Metri
     return rows, start
 
 
+# called after each epoch with its number and row; True stops the run as pruned
+EpochHook = Callable[[int, MetricRow], bool]
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -247,8 +251,13 @@ def train(
     root: str | Path | None = None,
     verify: bool = True,
     show_progress: bool | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> Summary:
-    """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary."""
+    """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary.
+
+    `on_epoch(epoch, row)` runs after every epoch, before its checkpoint (and again for
+    the checkpoint's epoch on resume, so a kill between the two loses no decision); when
+    it returns True before the last epoch the run stops, recorded as pruned."""
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     run = RunDir(run_dir)
@@ -262,9 +271,11 @@ def train(
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows, ema=trainer.ema is not None)
+    if on_epoch is not None and 0 < start_epoch < config.epochs and on_epoch(start_epoch, rows[-1]):
+        return pruned(run, trainer, rows, start_epoch)
     events = EventLog(run.path, start_epoch)
     try:
-        return train_epochs(run, trainer, d, rows, start_epoch, events, show_progress)
+        return train_epochs(run, trainer, d, rows, start_epoch, events, show_progress, on_epoch)
     finally:
         events.close()
 
@@ -277,6 +288,7 @@ def train_epochs(
     start_epoch: int,
     events: EventLog,
     show_progress: bool | None,
+    on_epoch: EpochHook | None = None,
 ) -> Summary:
     """The epochs from `start_epoch` on: train, validate, checkpoint, log; the run's Summary."""
     config, ex = trainer.config, trainer.ex
@@ -310,6 +322,7 @@ def train_epochs(
             row |= {"raw_val_top5": raw["top5"]}
             row["seconds"] = time.perf_counter() - t0
         rows.append(row)
+        stop = on_epoch is not None and on_epoch(epoch + 1, row) and epoch + 1 < config.epochs
         run.save_checkpoint(
             {
                 **trainer.state(),
@@ -327,7 +340,14 @@ def train_epochs(
             f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "
             f"({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)"
         )
+        if stop:
+            return pruned(run, trainer, rows, epoch + 1)
     return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
+
+
+def pruned(run: RunDir, trainer: Trainer, rows: list[MetricRow], epoch: int) -> Summary:
+    log(f"{run.name}: pruned after epoch {epoch}/{trainer.config.epochs}")
+    return finish(run, trainer, rows, RunStatus.PRUNED, epoch)
 
 
 def finish(

@@ -23,6 +23,7 @@ from hpstudy.executors import DataOptions, Executor, Job, SlurmOptions, make_exe
 from hpstudy.progress import log
 from hpstudy.run import RunDir, RunStatus, evaluate, load_data
 from hpstudy.study.plan import BUDGETS, Plan
+from hpstudy.study.search import OptunaSearch, needs_training
 from hpstudy.study.select import select, summarise
 from hpstudy.study.spec import StudyConfig, load_study
 from hpstudy.study.state import (
@@ -215,27 +216,61 @@ def run_stages(folder: StudyFolder, plan: Plan, state: StudyState, runner: Execu
     winners: dict[str, Any] = {}
     seen: set[str] = set()
     for k, stage in enumerate(study.stages):
-        stage_state, jobs = expand_stage(folder, plan, k, winners, seen)
-        state.stages.append(stage_state)
-        refresh(folder, state)
-        folder.write_state(state)
-        log(
-            f"[bold]stage {k + 1}/{len(study.stages)} {stage.name}[/bold]: "
-            f"{len(stage.values) * len(study.seeds)} runs, {len(jobs)} to train"
-        )
-        runner.run(jobs)
+        if stage.kind == "optuna":
+            state.stages.append(optuna_stage(folder, plan, k, winners, seen, state, runner))
+        else:
+            stage_state, jobs = expand_stage(folder, plan, k, winners, seen)
+            state.stages.append(stage_state)
+            refresh(folder, state)
+            folder.write_state(state)
+            runs = sum(len(s.runs) for s in stage_state.settings)
+            log(
+                f"[bold]stage {k + 1}/{len(study.stages)} {stage.name}[/bold]: "
+                f"{runs} runs, {len(jobs)} to train"
+            )
+            runner.run(jobs)
         refresh(folder, state)
         state.stages[-1] = chosen = select(state.stages[-1], study.selection)
         folder.write_state(state)
         if chosen.winner is None:
             raise no_usable_run(chosen)
-        winners[stage.field] = stage.values[chosen.winner]
+        winners.update(stage.assignment(chosen.settings[chosen.winner].value))
         label = chosen.settings[chosen.winner].label
         published = ""
-        if stage.published_winner is not None:
-            same = stage.published_winner == label
-            published = " (as published)" if same else f" (published: {stage.published_winner})"
+        published_winner = getattr(stage, "published_winner", None)
+        if published_winner is not None:
+            same = published_winner == label
+            published = " (as published)" if same else f" (published: {published_winner})"
         log(f"stage {stage.name}: winner {label}{published} — {chosen.verdict}")
+
+
+def optuna_stage(
+    folder: StudyFolder,
+    plan: Plan,
+    k: int,
+    winners: dict[str, Any],
+    seen: set[str],
+    state: StudyState,
+    runner: Executor,
+) -> StageState:
+    """Stage k's Optuna trials, asked as workers free up; the state is written as they end."""
+    stage = plan.study.stages[k]
+    search = OptunaSearch(folder, plan, k, winners, seen)
+    log(
+        f"[bold]stage {k + 1}/{len(plan.study.stages)} {stage.name}[/bold]: "
+        f"{stage.n_trials} Optuna trials ({len(search.trials)} asked before), "  # type: ignore[union-attr]
+        f"journal {search.journal}"
+    )
+    state.stages.append(search.stage_state())
+
+    def on_change(stage_state: StageState) -> None:
+        state.stages[-1] = stage_state
+        refresh(folder, state)
+        folder.write_state(state)
+
+    done = search.run(runner, on_change)
+    state.stages.pop()
+    return done
 
 
 def expand_stage(
@@ -249,8 +284,10 @@ def expand_stage(
     stage = plan.study.stages[k]
     jobs: list[Job] = []
     queued: set[str] = set()
-    entries: dict[int, list[RunEntry]] = {i: [] for i in range(len(stage.values))}
-    for planned in plan.stage_runs(k, winners):
+    planned_runs = plan.stage_runs(k, winners)
+    labels = {p.setting: (p.label, p.value) for p in planned_runs}
+    entries: dict[int, list[RunEntry]] = {i: [] for i in labels}
+    for planned in planned_runs:
         run_hash = planned.config.run_hash()
         reused = run_hash in seen
         seen.add(run_hash)
@@ -267,32 +304,22 @@ def expand_stage(
             queued.add(run_hash)
             label = f"{stage.name} / {planned.label} / seed {planned.seed}"
             jobs.append(Job(planned.config, run_dir, label))
+    published = getattr(stage, "published", {})
     settings = [
-        SettingState(
-            value=value,
-            label=stage.label(i),
-            runs=entries[i],
-            published=stage.published.get(stage.label(i)),
-        )
-        for i, value in enumerate(stage.values)
+        SettingState(value=value, label=label, runs=entries[i], published=published.get(label))
+        for i, (label, value) in labels.items()
     ]
+    first = labels[0][1]
     stage_state = StageState(
         name=stage.name,
         field=stage.field,
         figure=stage.figure,
-        epochs=plan.config(k, stage.values[0], winners, plan.study.seeds[0]).epochs,
+        epochs=plan.config(k, first, winners, plan.study.seeds[0]).epochs,
         settings=settings,
-        published_winner=stage.published_winner,
+        published_winner=getattr(stage, "published_winner", None),
+        kind=stage.kind,
     )
     return stage_state, jobs
-
-
-def needs_training(status: RunStatus, reused: bool) -> bool:
-    """A run not done trains; a reused one too if its folder vanished since its stage (a
-    reused run that failed there is retried by the next `study run`, like any failed run)."""
-    if status.done:
-        return False
-    return not reused or status in (RunStatus.PENDING, RunStatus.PARTIAL)
 
 
 def refresh(folder: StudyFolder, state: StudyState) -> None:
@@ -385,8 +412,9 @@ def status_text(out: str | Path) -> str:
                 epoch = f"{rows[-1]['epoch'] if rows else 0}/{stage.epochs}"
                 acc = f"{rows[-1]['val_acc']:.4f}" if rows else "—"
                 marks = (" (reused)" if run.reused else "") + (" *" if k == stage.winner else "")
+                shown = f"trial {setting.trial}" if setting.trial is not None else setting.label
                 lines.append(
-                    f"{stage.name[:16]:16} {setting.label[:12]:12} {run.seed:>4} "
+                    f"{stage.name[:16]:16} {shown[:12]:12} {run.seed:>4} "
                     f"{status:9} {epoch:>7} {acc:>8}  {run.run_hash}{marks}"
                 )
     if any(stage.winner is not None for stage in state.stages):

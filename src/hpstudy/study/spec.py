@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 import unicodedata
 from importlib import resources
@@ -20,19 +21,23 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
 from hpstudy.config import MAX_SEED, RunConfig
 from hpstudy.errors import HpstudyError
-from hpstudy.files import parse_model
+from hpstudy.files import errors_message
 
 # fields a stage may not vary: the study decides them
 RESERVED_FIELDS = frozenset({"seed", "epochs"})
 MAX_NAME = 100
+MAX_DRAWS = 10_000  # settings of one random or optuna stage
 # control, format, surrogate and line/paragraph-separator characters: never in a name
 NON_PRINTING = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 Selection = Literal["val_acc", "val_loss"]
@@ -59,24 +64,43 @@ class Published(BaseModel):
     val_acc: float | None = None
 
 
-class Stage(BaseModel):
+class StageCommon(BaseModel):
+    """What every kind of stage has: a name, a horizon, fixed overrides, a figure number."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
-    field: str
-    values: list[Scalar] = Field(min_length=1)
-    labels: list[str] | None = None
     epochs: int = Field(ge=1)
     overrides: dict[str, Scalar] = {}
     figure: int | None = Field(None, ge=1)  # the stage figure's number in the report
+
+    def varied(self) -> list[str]:
+        """The RunConfig fields this stage varies."""
+        raise NotImplementedError
+
+    def check_overrides(self) -> None:
+        for key in ("seed", "epochs", *self.varied()):
+            if key in self.overrides:
+                raise ValueError(f"overrides may not set {key!r}")
+
+    def assignment(self, value: Any) -> dict[str, Any]:
+        """The fields a setting's value sets: a search stage's value is already that dict."""
+        return dict(value)
+
+
+class Stage(StageCommon):
+    """kind "values" (the default): one field, a list of values."""
+
+    kind: Literal["values"] = "values"
+    field: str
+    values: list[Scalar] = Field(min_length=1)
+    labels: list[str] | None = None
     published: dict[str, Published] = {}
     published_winner: str | None = None
 
     @field_validator("field")
     @classmethod
     def _known_field(cls, v: str) -> str:
-        if v not in RunConfig.model_fields or v in RESERVED_FIELDS:
-            raise ValueError(f"{v!r} is not a RunConfig field a stage can vary")
-        return v
+        return known_field(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> Stage:
@@ -91,16 +115,216 @@ class Stage(BaseModel):
             raise ValueError(f"published values for unknown settings {unknown}")
         if self.published_winner is not None and self.published_winner not in self.settings():
             raise ValueError(f"published_winner {self.published_winner!r} is not a setting")
-        for key in ("seed", "epochs", self.field):
-            if key in self.overrides:
-                raise ValueError(f"overrides may not set {key!r}")
+        self.check_overrides()
         return self
+
+    def varied(self) -> list[str]:
+        return [self.field]
+
+    def assignment(self, value: Any) -> dict[str, Any]:
+        return {self.field: value}
 
     def label(self, i: int) -> str:
         return self.labels[i] if self.labels else format_value(self.values[i])
 
     def settings(self) -> list[str]:
         return [self.label(i) for i in range(len(self.values))]
+
+    def identity(self) -> dict[str, Any]:
+        # exactly the identity of a stage before stage kinds existed: old folders stay valid
+        return {
+            "field": self.field,
+            "values": self.values,
+            "epochs": self.epochs,
+            "overrides": self.overrides,
+        }
+
+
+def known_field(name: str) -> str:
+    if name not in RunConfig.model_fields or name in RESERVED_FIELDS:
+        raise ValueError(f"{name!r} is not a RunConfig field a stage can vary")
+    return name
+
+
+def number(v: Any) -> float:
+    """A bound of a distribution: a finite int or float as TOML wrote it, never a string."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"bounds must be finite numbers (got {v!r})")
+    return v
+
+
+Bound = Annotated[Any, AfterValidator(number)]
+
+
+class Distribution(BaseModel):
+    """One field's distribution in a search space: exactly one of choice, uniform,
+    log_uniform (bounds > 0) or int (integer bounds, both included)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    choice: list[Scalar] | None = Field(None, min_length=1)
+    uniform: tuple[Bound, Bound] | None = None
+    log_uniform: tuple[Bound, Bound] | None = None
+    int_: tuple[Bound, Bound] | None = Field(None, alias="int")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [k for k in DISTRIBUTIONS if getattr(self, attr(k)) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)}")
+        if self.choice is not None:
+            if len({json.dumps(v) for v in self.choice}) != len(self.choice):
+                raise ValueError("choices repeat")
+            return self
+        lo, hi = getattr(self, attr(given[0]))
+        if self.int_ is not None:
+            if not (isinstance(lo, int) and isinstance(hi, int)):
+                raise ValueError(f"int bounds must be integers (got {lo!r}, {hi!r})")
+            if lo > hi:
+                raise ValueError(f"int bounds reversed ({lo} > {hi})")
+        elif not lo < hi:
+            raise ValueError(f"{given[0]} bounds must be increasing (got {lo!r}, {hi!r})")
+        if self.log_uniform is not None and lo <= 0:
+            raise ValueError(f"log_uniform bounds must be > 0 (got {lo!r})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, attr(k)) is not None)
+
+    @property
+    def bounds(self) -> tuple[Any, Any]:
+        return getattr(self, attr(self.kind))
+
+    def extremes(self) -> list[Any]:
+        """The values a draw can reach at the edges: every choice, or both bounds."""
+        return list(self.choice) if self.choice is not None else list(self.bounds)
+
+    def spec(self) -> dict[str, Any]:
+        """As the study file writes it: {"log_uniform": [0.01, 0.3]}."""
+        value = self.choice if self.choice is not None else list(self.bounds)
+        return {self.kind: value}
+
+    def describe(self) -> str:
+        if self.choice is not None:
+            return "choice(" + ", ".join(format_value(v) for v in self.choice) + ")"
+        lo, hi = self.bounds
+        return f"{self.kind}({format_value(lo)}, {format_value(hi)})"
+
+
+DISTRIBUTIONS = ("choice", "uniform", "log_uniform", "int")
+
+
+def attr(kind: str) -> str:
+    return "int_" if kind == "int" else kind
+
+
+class GridStage(StageCommon):
+    """kind "grid": several fields varied jointly, every combination of their values."""
+
+    kind: Literal["grid"]
+    grid: dict[str, list[Scalar]] = Field(min_length=1)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for name, values in v.items():
+            known_field(name)
+            if not values:
+                raise ValueError(f"{name}: no values")
+            if len({json.dumps(x) for x in values}) != len(values):
+                raise ValueError(f"{name}: values repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _overrides(self) -> GridStage:
+        self.check_overrides()
+        return self
+
+    def varied(self) -> list[str]:
+        return list(self.grid)
+
+    @property
+    def field(self) -> str:
+        """The varied fields as one name ("lr, weight_decay"), as the state and report say it."""
+        return ", ".join(self.varied())
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "grid": self.grid, "epochs": self.epochs,
+                "overrides": self.overrides}  # fmt: skip
+
+
+class SearchStage(StageCommon):
+    """What random and optuna stages share: a space of distributions and a sampler seed."""
+
+    space: dict[str, Distribution] = Field(min_length=1)
+    sampler_seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, Distribution]) -> dict[str, Distribution]:
+        for name in v:
+            known_field(name)
+        return v
+
+    @model_validator(mode="after")
+    def _overrides(self) -> SearchStage:
+        self.check_overrides()
+        return self
+
+    def varied(self) -> list[str]:
+        return list(self.space)
+
+    @property
+    def field(self) -> str:
+        """The varied fields as one name ("lr, weight_decay"), as the state and report say it."""
+        return ", ".join(self.varied())
+
+    def space_identity(self) -> dict[str, Any]:
+        return {name: d.spec() for name, d in self.space.items()}
+
+
+class RandomStage(SearchStage):
+    """kind "random": `n` settings drawn from the space with the sampler seed."""
+
+    kind: Literal["random"]
+    n: int = Field(ge=1, le=MAX_DRAWS)
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "space": self.space_identity(), "n": self.n,
+                "sampler_seed": self.sampler_seed, "epochs": self.epochs,
+                "overrides": self.overrides}  # fmt: skip
+
+
+class OptunaStage(SearchStage):
+    """kind "optuna": `n_trials` of Optuna's seeded TPE sampler, optionally pruned."""
+
+    kind: Literal["optuna"]
+    n_trials: int = Field(ge=1, le=MAX_DRAWS)
+    pruner: Literal["median", "asha"] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "space": self.space_identity(), "n_trials": self.n_trials,
+                "pruner": self.pruner, "sampler_seed": self.sampler_seed,
+                "epochs": self.epochs, "overrides": self.overrides}  # fmt: skip
+
+
+def stage_kind(raw: Any) -> str:
+    kind = raw.get("kind", "values") if isinstance(raw, dict) else getattr(raw, "kind", "values")
+    return kind if kind in STAGE_KINDS else "unknown"
+
+
+STAGE_KINDS = ("values", "grid", "random", "optuna")
+AnyStage = Annotated[
+    Annotated[Stage, Tag("values")]
+    | Annotated[GridStage, Tag("grid")]
+    | Annotated[RandomStage, Tag("random")]
+    | Annotated[OptunaStage, Tag("optuna")],
+    Discriminator(
+        stage_kind,
+        custom_error_type="stage_kind",
+        custom_error_message=f"kind must be one of {', '.join(STAGE_KINDS)}",
+    ),
+]
 
 
 class Final(BaseModel):
@@ -135,7 +359,7 @@ class StudyConfig(BaseModel):
     seeds: list[int] = Field([0], min_length=1)
     selection: Selection = "val_acc"
     base: dict[str, Scalar] = {}
-    stages: list[Stage] = Field(min_length=1)
+    stages: list[AnyStage] = Field(min_length=1)
     final: Final = Final()
     report: ReportSpec = ReportSpec()
     _source: str = PrivateAttr("study")
@@ -184,10 +408,7 @@ class StudyConfig(BaseModel):
         """What changes results: two studies with equal identities share a folder."""
         return {
             "base": self.base,
-            "stages": [
-                {"field": s.field, "values": s.values, "epochs": s.epochs, "overrides": s.overrides}
-                for s in self.stages
-            ],
+            "stages": [s.identity() for s in self.stages],
             "selection": self.selection,
             "final": self.final.model_dump(),
             "budget": budget,
@@ -196,6 +417,41 @@ class StudyConfig(BaseModel):
     def identity_hash(self, budget: str) -> str:
         text = json.dumps(self.identity(budget), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def parse_study(raw: dict[str, Any], where: str) -> StudyConfig:
+    """`raw` as a StudyConfig, or one HpstudyError; a stage's errors are located as the file
+    writes them (`stages.0.field`), without the stage kind pydantic adds to the location."""
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        errors = [
+            {**e, "loc": e["loc"][:2] + e["loc"][3:]}
+            if len(e["loc"]) > 2 and e["loc"][0] == "stages" and e["loc"][2] in STAGE_KINDS
+            else e
+            for e in err.errors()
+        ]
+        raise HpstudyError(f"{where}: {errors_message(errors)}") from None
+
+
+def describe_stage(stage: AnyStage) -> str:
+    """What a stage tries, in one phrase."""
+    if isinstance(stage, Stage):
+        return f"{stage.field} in [{', '.join(stage.settings())}]"
+    if isinstance(stage, GridStage):
+        sizes = " x ".join(str(len(v)) for v in stage.grid.values())
+        axes = ", ".join(
+            f"{name} in [{', '.join(format_value(v) for v in values)}]"
+            for name, values in stage.grid.items()
+        )
+        return f"grid of {sizes} = {math.prod(len(v) for v in stage.grid.values())}: {axes}"
+    space = ", ".join(f"{name} ~ {d.describe()}" for name, d in stage.space.items())
+    if isinstance(stage, RandomStage):
+        return f"random search, {stage.n} draws (seed {stage.sampler_seed}): {space}"
+    pruner = {"median": "median pruner", "asha": "ASHA pruner", None: "no pruner"}[stage.pruner]
+    return (
+        f"Optuna TPE, {stage.n_trials} trials (seed {stage.sampler_seed}, {pruner}): {space}"
+    )
 
 
 def format_value(v: Any) -> str:
@@ -228,8 +484,17 @@ def load_study(spec: str | Path) -> StudyConfig:
         raw = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise HpstudyError(f"{where}: not valid TOML ({err})") from None
-    study = parse_model(StudyConfig, raw, where)
+    study = parse_study(raw, where)
     study._source = where
+    for k, stage in enumerate(study.stages):
+        if stage.kind == "optuna":
+            try:
+                import optuna  # noqa: F401
+            except ImportError:
+                raise HpstudyError(
+                    f"{where}: stage {k + 1} ({stage.name}) is an optuna stage, which needs "
+                    "Optuna: pip install 'hpstudy[optuna]'"
+                ) from None
     return study
 
 
@@ -241,10 +506,8 @@ def describe(study: StudyConfig) -> str:
     ]
     for i, stage in enumerate(study.stages, 1):
         extra = f", overrides {stage.overrides}" if stage.overrides else ""
-        lines.append(
-            f"stage {i} {stage.name}: {stage.field} in [{', '.join(stage.settings())}], "
-            f"{stage.epochs} epochs{extra}"
-        )
+        what = describe_stage(stage)
+        lines.append(f"stage {i} {stage.name}: {what}, {stage.epochs} epochs{extra}")
     lines.append(
         f"final: winner of stage {len(study.stages)} evaluated once on {study.final.split}"
     )

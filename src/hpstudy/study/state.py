@@ -49,16 +49,17 @@ class RunEntry(Record):
 
 
 class SettingState(Record):
-    value: Any
+    value: Any  # a values stage's value; a grid, random or optuna stage's {field: value}
     label: str
     runs: list[RunEntry]
     published: Published | None
     final: dict[str, Stat] | None = None  # METRICS over the finished seeds
+    trial: int | None = None  # an optuna stage's trial number
 
 
 class StageState(Record):
     name: str
-    field: str
+    field: str  # the varied fields, ", "-joined
     figure: int | None
     epochs: int
     settings: list[SettingState]
@@ -70,6 +71,9 @@ class StageState(Record):
     tie: bool = False  # the winner and runner-up have the same mean
     tie_break: str | None = None  # how a tie was broken
     verdict: str | None = None
+    kind: str = "values"  # values, grid, random or optuna
+    journal: str | None = None  # an optuna stage's journal, relative to the study folder
+    optuna_study: str | None = None  # its study's name in that journal
 
 
 class DataSummary(Record):
