@@ -203,6 +203,7 @@ def train(
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows)
+    val: dict[str, Any] | None = None
 
     for epoch in range(start_epoch, config.epochs):
         lr = trainer.set_lr(epoch)
@@ -245,6 +246,9 @@ def train(
             f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "
             f"({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)"
         )
+    if val is None:  # resumed after its final epoch: the same weights give the same outcomes
+        val = trainer.evaluate(d)
+    run.write_val_predictions(val["predictions"], val["losses"])
     return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
 
 
