@@ -64,6 +64,8 @@ class Plan:
         if self.budget != "full" and "warmup_epochs" in values:
             values["warmup_epochs"] = budget_warmup(int(values["warmup_epochs"]), self.budget)
         values.update(epochs=budget_epochs(stage.epochs, self.budget), seed=seed)
+        if study.split_follows_seed:
+            values["split_seed"] = seed
         where = (
             f"{study.source}: stage {k + 1} ({stage.name}), {stage.field} = {value!r}, "
             f"budget {self.budget}"
