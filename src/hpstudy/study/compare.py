@@ -168,6 +168,16 @@ def accuracy_interval(
     return percentile_interval(draws), "two-level bootstrap (seeds, then images)"
 
 
+def seed_mean_interval(values: list[float]) -> tuple[float, float] | None:
+    """The t-interval of the mean over seeds (seed noise only); None below two seeds or
+    for values that do not vary (the interval would claim a certainty it has not earned)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2 or not np.all(np.isfinite(x)) or np.ptp(x) == 0:
+        return None
+    ci = stats.ttest_1samp(x, 0).confidence_interval(confidence_level=CONFIDENCE)
+    return float(ci.low), float(ci.high)
+
+
 def excludes_zero(ci95: tuple[float, float] | list[float]) -> bool:
     lo, hi = ci95
     return lo > 0 or hi < 0
@@ -183,5 +193,6 @@ __all__ = [
     "excludes_zero",
     "mcnemar",
     "seed_draws",
+    "seed_mean_interval",
     "wilson",
 ]
