@@ -267,7 +267,7 @@ def test_report_shows_comparisons_interval_and_reproduction(trust_study: Path) -
     rows = (trust_study / "tables" / "reproduction.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 + 1  # header, four published val_acc, the test top-1
     assert all(row.split(",")[-1] in ("consistent", "not", "cannot tell") for row in rows[1:])
-    assert (trust_study / "tables" / "stage1_learning_rate_comparisons.csv").is_file()
+    assert (trust_study / "tables" / "comparisons1_learning_rate.csv").is_file()
 
 
 def test_report_flags_runs_that_differ_from_the_published_ones(
@@ -358,21 +358,35 @@ def test_split_follows_seed_is_part_of_the_identity(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "needle"),
+    ("options", "needle"),
     [
-        (["--seeds", "abc"], "--seeds"),
-        (["--seeds", "0"], "--seeds: a count must be"),
-        (["--seeds", "-2"], "--seeds"),
-        (["--seeds", "99999999999"], "--seeds"),
-        (["--seeds", "1,1"], "seeds must be distinct"),
-        (["--seeds", "0,-1"], "seeds must be distinct"),
-        (["--seeds", "0,99999999999999"], "seeds must be distinct"),
-        (["--until-decided", "0"], "--until-decided"),
-        (["--until-decided", "-3"], "--until-decided"),
-        (["--until-decided", "10000000"], "--until-decided"),
-        (["--until-decided", "nan"], "--until-decided"),
-        (["--follow", "theirs"], "--follow"),
+        ({"seeds": "abc"}, "--seeds"),
+        ({"seeds": "0"}, "--seeds: a count must be"),
+        ({"seeds": "-2"}, "--seeds"),
+        ({"seeds": "99999999999"}, "--seeds"),
+        ({"seeds": ","}, "--seeds"),
+        ({"seeds": "1,1"}, "seeds must be distinct"),
+        ({"seeds": "0,-1"}, "seeds must be distinct"),
+        ({"seeds": "0,99999999999999"}, "seeds must be distinct"),
+        ({"until_decided": 0}, "--until-decided"),
+        ({"until_decided": -3}, "--until-decided"),
+        ({"until_decided": 10_000_000}, "--until-decided"),
+        ({"follow": "theirs"}, "--follow"),
     ],
+)
+def test_bad_trust_options_are_one_line(tmp_path: Path, options: dict, needle: str) -> None:
+    spec = write(tmp_path, "twin", TWIN_STUDY)
+    with pytest.raises(HpstudyError) as err:
+        if "seeds" in options:  # as the command line hands them over
+            options = {**options, "seeds": parse_seeds(options["seeds"])}
+        run_study(spec, out=tmp_path / "o", **options)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [(["--seeds", "2,x"], "--seeds"), (["--until-decided", "nan"], "--until-decided")],
 )
 def test_bad_trust_flags_are_one_line(tmp_path: Path, flags: list[str], needle: str) -> None:
     spec = write(tmp_path, "twin", TWIN_STUDY)

@@ -592,7 +592,7 @@ def comparison_blocks(
               "P(winner better on a new seed)", "seeds", "test"]  # fmt: skip
     csv_header = ["setting", "difference", "ci95_lo", "ci95_hi", "p_value", "prob_better",
                   "seeds", "test"]  # fmt: skip
-    name = f"stage{k}_{slug}_comparisons"
+    name = f"comparisons{k}_{slug}"
     if stage.winner is None or not stage.comparisons:
         return [], NamedTable(name, header, [], csv_header, [])
     winner = stage.settings[stage.winner].label
