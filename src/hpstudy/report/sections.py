@@ -281,12 +281,20 @@ def title_blocks(study: Study) -> list[Block]:
         ))  # fmt: skip
     blocks += [Para(note) for note in state.report.notes]
     so_far = "" if state.status == "finished" else " so far"
+    grown = (f", more in stages not decided at {len(state.seeds)} (`--until-decided "
+             f"{state.until_decided}`)" if state.until_decided else "")  # fmt: skip
+    if state.follow == "published":
+        blocks.append(Para(
+            "Each stage starts from the **published** winners of the stages before it "
+            "(`--follow published`), so every table measures the published configurations; "
+            "each stage still says what hpstudy's own selection chose."
+        ))  # fmt: skip
     named = f"Study {code(state.name)}: " if state.report.title else ""
     blocks.append(Para(
         f"{named}{plural(len(state.stages), 'stage')}{so_far}, one hyperparameter at a time, each "
         f"keeping the winner of the one before: {settings} settings × {len(state.seeds)} "
-        f"seed(s) {state.seeds} = {entries} runs, {distinct} distinct ({entries - distinct} "
-        f"reused, not trained again). The winner of a stage has the "
+        f"seed(s) {state.seeds}{grown} = {entries} runs, {distinct} distinct "
+        f"({entries - distinct} reused, not trained again). The winner of a stage has the "
         f"{BETTER[state.selection]} mean `{state.selection}` at the final epoch, on the "
         "validation split."
     ))  # fmt: skip

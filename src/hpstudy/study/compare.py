@@ -73,12 +73,13 @@ def seed_draws(
         drawn = rng.multinomial(n_images, probabilities[picked])
         return drawn @ levels / n_images
     means = np.empty((resamples, n_seeds))
+    flat = values.astype(np.float32).ravel()  # per-image values; the means stay float64
     block = max(1, GATHER_BLOCK // (n_seeds * n_images))
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
-        rows = picked[start:stop]
-        images = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images))
-        means[start:stop] = values[rows[..., None], images].mean(axis=2)
+        images = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images), dtype=np.int32)
+        images += (picked[start:stop] * n_images).astype(np.int32)[..., None]
+        means[start:stop] = np.take(flat, images).mean(axis=2, dtype=np.float64)
     return means
 
 
