@@ -401,3 +401,23 @@ def test_follow_published_without_published_winners_is_one_line(tmp_path: Path) 
     result = run_hpstudy("study", "run", str(spec), "--follow", "published", "--out", str(out))
     assert_one_line_error(result, "published_winner")
     assert not out.exists()
+
+
+def test_runs_without_predictions_are_said_to_be_missing(trust_study: Path) -> None:
+    """An older run folder (no val_predictions.npy) is never compared silently, nor a crash."""
+    from hpstudy.study.select import judge
+
+    state = StudyFolder(trust_study).read_state()
+    stage = state.stages[0]
+    assert stage.winner is not None
+    right = {seed: (np.ones(100, dtype=bool), None) for seed in (0, 1)}
+    outcomes = [dict(right) for _ in stage.settings]
+    del outcomes[1 - stage.winner][1]  # seed 1 of the other setting keeps no predictions
+    judged = judge(stage, outcomes, "val_acc")
+    (c,) = judged.comparisons
+    assert c.ci95 is None and c.difference is None and c.test.startswith("none: ")
+    assert "[1]" in c.test and not judged.decided
+    assert "cannot be judged" in (judged.verdict or "")
+    # val_loss needs the per-image losses, which these outcomes lack
+    by_loss = judge(stage, [dict(right) for _ in stage.settings], "val_loss")
+    assert by_loss.comparisons[0].ci95 is None
