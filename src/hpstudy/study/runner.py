@@ -312,8 +312,9 @@ def published_index(published_winner: str | None, stage: StageState) -> int | No
 
 def carried_setting(published: int | None, stage: StageState, follow: str) -> int:
     """The setting later stages start from: the published winner when following it (where
-    the study names one), else the stage's own winner."""
-    if follow == "published" and published is not None:
+    the study names one and it has a usable run: a diverged one cannot be built on), else
+    the stage's own winner."""
+    if follow == "published" and published is not None and stage.settings[published].final:
         return published
     assert stage.winner is not None
     return stage.winner
