@@ -77,6 +77,10 @@ class Plan:
             raise HpstudyError(f"{where}: precision fp16 needs a CUDA device")
         return config.for_device(self.device_type)
 
+    def with_seeds(self, seeds: list[int]) -> Plan:
+        """The same plan for other seeds (seeds are not part of a study's identity)."""
+        return Plan(self.study.model_copy(update={"seeds": seeds}), self.budget, self.device_type)
+
     def stage_runs(
         self, k: int, winners: dict[str, Any], seeds: list[int] | None = None
     ) -> list[PlannedRun]:

@@ -263,7 +263,8 @@ def run_stages(
         while True:
             # a stage grown by a seed is expanded again: its own runs are not "reused"
             seen_here = set(seen)
-            stage_state, jobs = expand_stage(folder, plan, k, winners, seen_here, seeds)
+            stage_plan = plan if seeds == study.seeds else plan.with_seeds(seeds)
+            stage_state, jobs = expand_stage(folder, stage_plan, k, winners, seen_here)
             if len(state.stages) > k:
                 state.stages[k] = stage_state
             else:
@@ -356,12 +357,7 @@ def test_outcomes(run_dirs: list[str], options: DataOptions, device: str | None)
 
 
 def expand_stage(
-    folder: StudyFolder,
-    plan: Plan,
-    k: int,
-    winners: dict[str, Any],
-    seen: set[str],
-    seeds: list[int] | None = None,
+    folder: StudyFolder, plan: Plan, k: int, winners: dict[str, Any], seen: set[str]
 ) -> tuple[StageState, list[Job]]:
     """Stage k's runs given the winners so far, and the jobs still to train.
 
@@ -372,7 +368,7 @@ def expand_stage(
     jobs: list[Job] = []
     queued: set[str] = set()
     entries: dict[int, list[RunEntry]] = {i: [] for i in range(len(stage.values))}
-    for planned in plan.stage_runs(k, winners, seeds):
+    for planned in plan.stage_runs(k, winners):
         run_hash = planned.config.run_hash()
         reused = run_hash in seen
         seen.add(run_hash)
