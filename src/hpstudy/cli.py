@@ -221,6 +221,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_slurm_options(p)
     p.add_argument("--address", default=None, help="ray executor: cluster address (auto joins)")
     p.add_argument("--device", default=None, help="device for every run (default: auto)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="override the study's seeds: a count (3 = seeds 0,1,2) or a list (0,1,5); "
+        "growing the seeds of a finished study trains only the new runs",
+    )
+    p.add_argument(
+        "--until-decided",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a stage whose winner is not decided (an interval contains 0) gets one more "
+        "seed at a time, up to N seeds, before the next stage starts",
+    )
+    p.add_argument(
+        "--follow",
+        choices=("own", "published"),
+        default="own",
+        help="own: each stage starts from hpstudy's winners; published: from the published "
+        "winners, so every table compares like with like (default folder "
+        "runs/NAME[-BUDGET]-published) (default: own)",
+    )
+    p.add_argument(
+        "--split-follows-seed",
+        action="store_true",
+        default=None,
+        help="draw each run's train/val split from its seed (split_follows_seed = true in "
+        "the study file; a different study: other runs, another folder)",
+    )
     add_data_options(p)
     p = study_p.add_parser("status", help="one line per run")
     p.add_argument("dir", type=Path, help="a study folder")
@@ -343,6 +372,10 @@ def cmd_study(args: argparse.Namespace) -> None:
             device=args.device,
             runs_per_device=args.runs_per_device,
             slurm=slurm_options(args),
+            seeds=study.parse_seeds(args.seeds) if args.seeds is not None else None,
+            until_decided=args.until_decided,
+            follow=args.follow,
+            split_follows_seed=args.split_follows_seed,
         )
 
 

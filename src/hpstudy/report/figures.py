@@ -1,5 +1,6 @@
 """The report's figures as matplotlib Figures: class proportions, stage curves, lr, Beta density,
-and Optuna's own plots of a search stage.
+Optuna's own plots of a search stage, and each stage's differences to its winner with
+their intervals.
 
 Each function takes the figure's number (its title says "Figure N") and plain
 data, and returns an unsaved Figure; `save` writes one as a PNG. The
@@ -178,4 +179,35 @@ def optuna_plot(number: int, what: str, study: Any, name: str) -> Figure:
     fig.set_size_inches(9, 5.5)
     fig.suptitle(f"Figure {number}: {name}: {title}")
     fig.tight_layout()  # Optuna leaves long parameter names cut at the left edge
+    return fig
+
+
+# one row of a differences figure: setting, winner minus setting, its 95 % interval
+DifferenceRow = tuple[str, float, tuple[float, float]]
+
+
+def stage_differences(
+    number: int | str, name: str, winner: str, metric: str, rows: list[DifferenceRow]
+) -> Figure:
+    """Winner minus each other setting in `metric`, a dot with its 95 % interval as a bar;
+    an interval that crosses the zero line means the two are not distinguishable."""
+    fig = Figure(figsize=(7, 1.4 + 0.5 * len(rows)), layout="tight")
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))
+    diff = np.array([d for _, d, _ in rows])
+    lo = np.array([ci[0] for _, _, ci in rows])
+    hi = np.array([ci[1] for _, _, ci in rows])
+    clear = (lo > 0) | (hi < 0)
+    for keep, colour, label in ((clear, "tab:blue", "interval excludes 0"),
+                                (~clear, "tab:orange", "interval contains 0")):  # fmt: skip
+        if keep.any():
+            ax.errorbar(diff[keep], y[keep], xerr=[diff[keep] - lo[keep], hi[keep] - diff[keep]],
+                        fmt="o", color=colour, capsize=4, label=label)  # fmt: skip
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(y, [label for label, _, _ in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set(xlabel=f"{winner} minus setting, {metric} (95 % interval)")
+    ax.set_title(f"Figure {number}: {name}: the winner ({winner}) against each setting")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="best", fontsize="small")
     return fig

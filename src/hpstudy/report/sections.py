@@ -23,7 +23,9 @@ from hpstudy.errors import HpstudyError
 from hpstudy.report import figures
 from hpstudy.report.read import Run, Study
 from hpstudy.run import RunStatus
+from hpstudy.study.compare import seed_mean_interval, wilson
 from hpstudy.study.select import summarise
+from hpstudy.study.spec import format_value
 from hpstudy.study.state import METRICS, SettingState, StageState, Stat, StudyState
 
 METRIC_TITLES = {
@@ -302,10 +304,18 @@ def title_blocks(study: Study) -> list[Block]:
         if all(s.kind == "values" for s in state.stages)
         else "each keeping the winners of the ones before"
     )
+    grown = (f", more in stages not decided at {len(state.seeds)} (`--until-decided "
+             f"{state.until_decided}`)" if state.until_decided else "")  # fmt: skip
+    if state.follow == "published":
+        blocks.append(Para(
+            "Each stage starts from the **published** winners of the stages before it "
+            "(`--follow published`), so every table measures the published configurations; "
+            "each stage still says what hpstudy's own selection chose."
+        ))  # fmt: skip
     named = f"Study {code(state.name)}: " if state.report.title else ""
     blocks.append(Para(
         f"{named}{plural(len(state.stages), 'stage')}{so_far}, {how}: {settings} settings × "
-        f"{len(state.seeds)} seed(s) {state.seeds} = {entries} runs, {distinct} distinct "
+        f"{len(state.seeds)} seed(s) {state.seeds}{grown} = {entries} runs, {distinct} distinct "
         f"({entries - distinct} reused, not trained again). The winner of a stage has the "
         f"{BETTER[state.selection]} mean `{state.selection}` at the final epoch, on the "
         "validation split."
@@ -419,15 +429,27 @@ def winner_para(study: Study, stage: StageState, finals: list[dict[str, Stat | N
         )
     elif stage.margin is not None:
         parts.append(f"Margin over the runner-up: {sig3(stage.margin)} {selection}; {spread}.")
+    carried = stage.carried
+    if carried is not None and won is not None and carried != winner and carried < len(settings):
+        parts.append(
+            f"hpstudy's own selection chose **{text(won)}**; following the published study "
+            f"(`--follow published`), **{text(settings[carried].label)}** carries forward."
+        )
     if stage.verdict and not stage.tie:  # a tie's verdict says what the sentence above says
         parts.append(stage.verdict)
     return Para(" ".join(parts))
 
 
 def stage_blocks(
-    study: Study, k: int, stage: StageState, numbers: FigureNumbers, extra: str | None
+    study: Study,
+    k: int,
+    stage: StageState,
+    numbers: FigureNumbers,
+    extra: str | None,
+    extra_tables: list[NamedTable],
 ) -> tuple[list[Block], NamedTable]:
-    """Stage `k`'s section and its table; `extra` ("lr" or "beta") opens it with that figure."""
+    """Stage `k`'s section and its table (its comparisons table goes to `extra_tables`);
+    `extra` ("lr" or "beta") opens it with that figure."""
     slug = slugify(stage.name)
     published = stage_has_published(stage)
     suffix = " (published)" if published else ""
@@ -473,6 +495,14 @@ def stage_blocks(
     elif extra == "beta":
         blocks += beta_blocks(stage, numbers.take(study.state.report.figures.mixup_beta))
     blocks += [Table(header, rows), winner_para(study, stage, finals)]
+    if flags := config_flags(study.state, k - 1):
+        blocks.append(Para(
+            f"**Not like for like:** measured with {flags[0]}, published with {flags[1]}, so "
+            "the published values in brackets are of another configuration (`hpstudy study "
+            "run --follow published` measures the published one).",
+            note=True,
+        ))  # fmt: skip
+
     number = numbers.take(stage.figure)
     if any(seeds for _, seeds in curves):
         blocks.append(Image(
@@ -485,7 +515,10 @@ def stage_blocks(
         blocks.append(Para(f"Figure {number} skipped: no epoch of this stage has finished yet."))
     if stage.kind == "optuna":
         blocks += optuna_blocks(study, stage, numbers)
-    return blocks, table
+    # the differences figure belongs to the stage figure (Nb): no other figure is renumbered
+    comparison_section, comparison_table = comparison_blocks(study, stage, f"{number}b", k, slug)
+    extra_tables.append(comparison_table)
+    return blocks + comparison_section, table
 
 
 def shown_order(
@@ -545,8 +578,10 @@ def final_blocks(study: Study) -> tuple[list[Block], list[NamedTable]]:
         return blocks, [NamedTable("final", header, [], csv_header, [])]
 
     loss_published = spec.published_test_loss
+    top1 = final.test_top1
+    within = f" (95 % interval {fmt_interval(top1.ci95)})" if top1.ci95 else ""
     measured = [
-        ["test top-1", f"**{fmt_stat(final.test_top1)}**", cell(spec.published_test_top1)],
+        ["test top-1", f"**{fmt_stat(top1)}**{within}", cell(spec.published_test_top1)],
         ["test top-5", fmt_stat(final.test_top5), DASH],
         ["test loss (mean cross-entropy per image)", fmt_stat(final.test_loss),
          text(loss_published) if loss_published is not None else DASH],
@@ -557,6 +592,7 @@ def final_blocks(study: Study) -> tuple[list[Block], list[NamedTable]]:
         blocks.append(Table(["metric", "measured"], [row[:2] for row in measured]))
         if loss_published is not None:
             blocks.append(Para(f"Published test loss: {text(loss_published)}."))
+    blocks.append(Para(test_interval_sentence(study.state)))
     shown = ", ".join(code(f"{k}={final.config[k]}") for k in FINAL_CONFIG_SHOWN
                       if k in final.config)  # fmt: skip
     blocks.append(Para(f"Final configuration: {shown or DASH}."))
@@ -642,6 +678,172 @@ def export_blocks(export: dict | None) -> tuple[list[Block], list[NamedTable]]:
     return blocks, [NamedTable("export", header, rows, csv_header, csv_rows)]
 
 
+def fmt_interval(ci95: list[float] | tuple[float, float] | None, signed: bool = False) -> str:
+    if ci95 is None:
+        return DASH
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"[{f.format(ci95[0])}, {f.format(ci95[1])}]"
+
+
+def test_interval_sentence(state: StudyState) -> str:
+    """How the test interval was made and whether the published test top-1 lies inside it."""
+    assert state.final is not None
+    t, published = state.final.test_top1, state.report.published_test_top1
+    if t.ci95 is None:
+        why = (t.interval or "").removeprefix("none: ") or "no per-image test outcomes"
+        return f"No interval for the test top-1: {text(why)}."
+    lo, hi = t.ci95
+    how = f"{text(t.interval or 'interval')}, {plural(t.n, 'run')}"
+    sentence = f"The 95 % interval of the test top-1 ({how}) is {fmt_interval(t.ci95)}."
+    if published is not None:
+        inside = lo <= published <= hi
+        sentence += (
+            f" The published {published:g} lies **{'inside' if inside else 'outside'}** it"
+            + (": consistent with the published result." if inside else ".")
+        )
+        if state.budget != "full":
+            sentence += f" (Budget `{state.budget}`: the published number is a full-budget one.)"
+    return sentence
+
+
+def comparison_blocks(
+    study: Study, stage: StageState, number: str, k: int, slug: str
+) -> tuple[list[Block], NamedTable]:
+    """The winner against every other setting: a table and a figure of the differences."""
+    selection = study.state.selection
+    header = ["setting", f"winner − setting ({selection})", "95 % interval", "p-value",
+              "P(winner better on a new seed)", "seeds", "test"]  # fmt: skip
+    csv_header = ["setting", "difference", "ci95_lo", "ci95_hi", "p_value", "prob_better",
+                  "seeds", "test"]  # fmt: skip
+    name = f"comparisons{k}_{slug}"
+    if stage.winner is None or not stage.comparisons:
+        return [], NamedTable(name, header, [], csv_header, [])
+    winner = stage.settings[stage.winner].label
+    rows, csv_rows, plotted = [], [], []
+    for c in stage.comparisons:
+        rows.append([
+            text(c.setting), cell(c.difference, "{:+.4f}".format), fmt_interval(c.ci95, True),
+            cell(c.p_value, "{:.3g}".format), cell(c.prob_better, "{:.2f}".format),
+            str(c.seeds) if c.ci95 else DASH, text(c.test),
+        ])  # fmt: skip
+        csv_rows.append([c.setting, num(c.difference), num(c.ci95 and c.ci95[0]),
+                         num(c.ci95 and c.ci95[1]), num(c.p_value), num(c.prob_better),
+                         c.seeds, c.test])  # fmt: skip
+        if c.ci95 is not None and c.difference is not None:
+            plotted.append((c.setting, c.difference, (c.ci95[0], c.ci95[1])))
+    decided = ("**decided**: every interval excludes 0" if stage.decided else
+               "**not decided**: an interval contains 0 or could not be made")  # fmt: skip
+    lower = " (lower is better: a negative difference favours the winner)" if (
+        selection == "val_loss") else ""  # fmt: skip
+    blocks: list[Block] = [
+        Para(f"The winner {text(winner)} against each other setting, in {selection}{lower}; "
+             f"the stage is {decided}."),
+        Table(header, rows),
+    ]  # fmt: skip
+    if plotted:
+        blocks.append(Image(
+            f"figures/fig{number}_{slug}_differences.png",
+            f"Figure {number}: {text(stage.name)}: {text(winner)} minus each setting in "
+            f"{selection}, with its 95 % interval; an interval crossing 0 is not a difference "
+            "these seeds can tell.",
+            figures.stage_differences(number, stage.name, winner, selection, plotted),
+        ))  # fmt: skip
+    return blocks, NamedTable(name, header, rows, csv_header, csv_rows)
+
+
+def carried_index(stage: StageState) -> int | None:
+    return stage.carried if stage.carried is not None else stage.winner
+
+
+def config_flags(state: StudyState, k: int) -> tuple[str, str] | None:
+    """("lr 0.5", "lr 0.05") when stage k's runs start from other settings than the published
+    runs did (an earlier stage carried forward another setting than the published winner)."""
+    stage = state.stages[k]
+    if not stage_has_published(stage):
+        return None
+    measured, published = [], []
+    for earlier in state.stages[:k]:
+        carried = carried_index(earlier)
+        labels = [s.label for s in earlier.settings]
+        if carried is None or earlier.published_winner not in labels:
+            continue
+        theirs = earlier.settings[labels.index(earlier.published_winner)]
+        mine = earlier.settings[carried]
+        if mine.label != theirs.label and earlier.kind == "values":
+            measured.append(f"{earlier.field} {format_value(mine.value)}")
+            published.append(f"{earlier.field} {format_value(theirs.value)}")
+        elif mine.label != theirs.label:  # a search stage's label names every field
+            measured.append(mine.label)
+            published.append(theirs.label)
+    if not measured:
+        return None
+    return ", ".join(code(m) for m in measured), ", ".join(code(p) for p in published)
+
+
+REPRODUCTION_HEADER = ["what", "published", "measured", "95 % interval", "verdict"]
+
+
+def reproduction_blocks(study: Study) -> tuple[list[Block], NamedTable | None]:
+    """Every published number beside the measured one, its interval, and whether the
+    published number lies inside it ("consistent") or not."""
+    state = study.state
+    if not study_has_published(state):
+        return [], None
+    rows, csv_rows = [], []
+
+    def add(what: str, published: float, measured: float | None,
+            ci: tuple[float, float] | None, how: str) -> None:  # fmt: skip
+        if ci is None:
+            verdict = "cannot tell" if measured is not None else "not measured"
+        else:
+            verdict = "consistent" if ci[0] <= published <= ci[1] else "not"
+        rows.append([text(what), sig3(published), cell(measured, "{:.4f}".format),
+                     fmt_interval(ci), verdict])  # fmt: skip
+        csv_rows.append([what, num(published), num(measured), num(ci and ci[0]),
+                         num(ci and ci[1]), how, verdict])  # fmt: skip
+
+    val_images = state.data.val_size
+    for stage in state.stages:
+        for setting in stage.settings:
+            pub = published_of(setting)
+            runs = [r for r in study.runs_of(setting) if r.finished and r.rows]
+            for metric in METRICS:
+                if pub[metric] is None:
+                    continue
+                values = [r.rows[-1][metric] for r in runs if metric in r.rows[-1]]
+                stat = summarise(values)
+                ci, how = seed_mean_interval(values), "t-interval over seeds"
+                if ci is None and len(values) == 1 and metric == "val_acc":
+                    n = min((r.config.limit_val or val_images) if r.config else val_images
+                            for r in runs)  # fmt: skip
+                    ci, how = wilson(round(values[0] * n), n), "Wilson over validation images"
+                add(f"{stage.name}: {setting.label} {metric}", pub[metric],  # type: ignore[arg-type]
+                    stat.mean if stat else None, ci, how)  # fmt: skip
+    final, published_top1 = state.final, state.report.published_test_top1
+    if published_top1 is not None:
+        t = final.test_top1 if final else None
+        ci = (t.ci95[0], t.ci95[1]) if t and t.ci95 else None
+        add("test top-1", published_top1, t.mean if t else None, ci,
+            (t.interval or "") if t else "")  # fmt: skip
+    budget_note = (
+        f" At budget `{state.budget}` the runs are shorter than the published ones, so *not* "
+        "is expected." if state.budget != "full" else ""
+    )  # fmt: skip
+    blocks: list[Block] = [
+        Heading("Reproduction"),
+        Para(
+            "Every number the published study printed beside the measured one. "
+            "*consistent*: the published number lies inside the measured 95 % interval "
+            "(t-interval over seeds; Wilson over the validation images for one seed's "
+            "accuracy; the test interval above); *cannot tell*: one seed gives no interval "
+            "for a loss or a train accuracy (add seeds)." + budget_note
+        ),
+        Table(REPRODUCTION_HEADER, rows),
+    ]
+    csv_header = ["what", "published", "measured", "ci95_lo", "ci95_hi", "interval", "verdict"]
+    return blocks, NamedTable("reproduction", REPRODUCTION_HEADER, rows, csv_header, csv_rows)
+
+
 def environment_blocks(study: Study) -> tuple[list[Block], NamedTable]:
     env = dict(study.state.environment)
     precisions = {r.summary.precision for r in study.runs.values() if r.summary}
@@ -708,10 +910,15 @@ def build(study: Study) -> Report:
     blocks = title_blocks(study) + data_blocks(study, numbers)
     tables: list[NamedTable] = []
     for k, stage in enumerate(state.stages):
-        section, table = stage_blocks(study, k + 1, stage, numbers, extra.get(k))
+        comparisons: list[NamedTable] = []
+        section, table = stage_blocks(study, k + 1, stage, numbers, extra.get(k), comparisons)
         blocks += section
-        tables.append(table)
+        tables += [table, *comparisons]
     final, final_tables = final_blocks(study)
+    reproduction, reproduction_table = reproduction_blocks(study)
+    if reproduction_table is not None:
+        final += reproduction
+        final_tables.append(reproduction_table)
     env, runs_table = environment_blocks(study)
     return Report(
         title=f"{state.report.title or state.name}: hpstudy report",

@@ -5,7 +5,7 @@ The names below are the public API; the benchmarks and executors use nothing els
 
 from hpstudy.run.device import Execution, build_model, device_name, resolve_device
 from hpstudy.run.device_data import DeviceData, device_data, load_data, split_of
-from hpstudy.run.evaluate import evaluate, evaluate_arrays
+from hpstudy.run.evaluate import evaluate, evaluate_arrays, image_outcomes
 from hpstudy.run.folder import METRIC_COLUMNS, Evaluation, MetricRow, RunDir, RunStatus, Summary
 from hpstudy.run.loop import Batch, Trainer, batches, epoch_seed, learning_rate, train
 
@@ -27,6 +27,7 @@ __all__ = [
     "epoch_seed",
     "evaluate",
     "evaluate_arrays",
+    "image_outcomes",
     "learning_rate",
     "load_data",
     "resolve_device",

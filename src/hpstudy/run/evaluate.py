@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +37,9 @@ def evaluate_arrays(
     std: torch.Tensor,
     ex: Execution,
 ) -> dict[str, Any]:
-    """Mean cross-entropy, top-1, top-5 and per-superclass top-1 of uint8 `images`.
+    """Mean cross-entropy, top-1, top-5 and per-superclass top-1 of uint8 `images`, and per
+    image the predicted class (`predictions`, int16) and cross-entropy (`losses`, float32)
+    as numpy arrays in the order of `images`.
 
     `coarse` None (a dataset without superclasses): `superclass_top1` is empty.
     """
@@ -49,15 +52,19 @@ def evaluate_arrays(
     top5 = torch.zeros((), dtype=torch.int64, device=ex.device)
     superclasses = 0 if coarse is None else NUM_SUPERCLASSES
     coarse_hits = torch.zeros(superclasses, dtype=torch.float64, device=ex.device)
+    predictions, losses = [], []
     batch = ex.eval_batch_size
     for i in range(0, len(images), batch):
         x = augment.normalize(images[i : i + batch], mean, std)
         y = labels[i : i + batch]
         with ex.autocast():
             logits = model(x.contiguous(memory_format=ex.memory_format)).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        image_losses = F.cross_entropy(logits, y, reduction="none")
+        loss_sum += image_losses.sum()
         best5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit1 = best5[:, 0] == y
+        predictions.append(best5[:, 0].to(torch.int16))
+        losses.append(image_losses)
         top1 += hit1.sum()
         top5 += (best5 == y[:, None]).any(dim=1).sum()
         if coarse is not None:
@@ -75,6 +82,8 @@ def evaluate_arrays(
         "top5": top5.item() / n,
         "superclass_top1": (coarse_hits / coarse_counts).tolist(),
         "images": n,
+        "predictions": torch.cat(predictions).cpu().numpy(),
+        "losses": torch.cat(losses).float().cpu().numpy(),
     }
 
 
@@ -133,7 +142,8 @@ def evaluate(
     verify: bool = True,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Loss, top-1, top-5, per-superclass top-1 of a finished run's selected weights."""
+    """Loss, top-1, top-5, per-superclass top-1 of a finished run's selected weights. A test
+    evaluation also keeps its per-image predictions (test_predictions.npy) for intervals."""
     run = RunDir(run_dir)
     if split not in ("val", "test"):
         raise HpstudyError(f"split: must be val or test (got {split!r})")
@@ -160,6 +170,8 @@ def evaluate(
         trained.std,
         ex,
     )
+    predictions = scores.pop("predictions")
+    scores.pop("losses")
     result = {
         "split": split,
         "run_hash": config.run_hash(),
@@ -167,7 +179,35 @@ def evaluate(
         "superclass_top1": dict(zip(cifar.coarse_names, scores["superclass_top1"], strict=True)),
     }
     if split == "test":
+        run.write_test_predictions(predictions)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         ledger = [*summary.test_evaluations, Evaluation(**result, at=stamp)]
         run.write_summary(summary.model_copy(update={"test_evaluations": ledger}))
     return result
+
+
+def image_outcomes(
+    run_dir: str | Path, split: Split, *, root: str | Path | None = None, verify: bool = True
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Per image of the run's `split` (val: its validation indices; test: the test split),
+    whether the kept prediction is right (bool) and, for val, its loss; None when the run
+    keeps no predictions of that split (a folder older than them, a test never evaluated)."""
+    run = RunDir(run_dir)
+    predicted = run.read_val_predictions() if split == "val" else run.read_test_predictions()
+    if predicted is None:
+        return None
+    config = run.read_config()
+    cifar = load_data(root, verify, config.dataset)
+    if split == "test":
+        labels = cifar.test.fine
+    else:
+        _, val_idx = split_of(config, cifar)
+        labels = cifar.train.fine[val_idx]
+    if len(labels) != len(predicted):
+        raise HpstudyError(
+            f"{run.path}: keeps {len(predicted)} {split} predictions for {len(labels)} images"
+        )
+    losses = run.read_val_losses() if split == "val" else None
+    if losses is not None and len(losses) != len(predicted):
+        raise HpstudyError(f"{run.val_losses_path}: {len(losses)} losses, not {len(predicted)}")
+    return predicted == labels.numpy(), losses

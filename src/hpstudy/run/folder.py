@@ -5,6 +5,9 @@
     checkpoint.pt        weights (and their EMA), optimizer, RNG state and the rows, written
                          atomically each epoch
     summary.json         a Summary: the outcome, final metrics, every test evaluation
+    val_predictions.npy  int16: the final epoch's predicted class per validation image, in the
+                         order of the run's validation indices (val_losses.npy: float32 losses)
+    test_predictions.npy int16: the test evaluation's predicted class per test image
     error.log            the traceback of a failed run
     events.out.tfevents.*  TensorBoard's event files (hpstudy.run.events writes them)
     model.safetensors, model.onnx, export.json   the exported model (hpstudy.export)
@@ -20,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -146,6 +150,18 @@ class RunDir:
             raise HpstudyError(f"{self.export_path}: not an hpstudy export (not a JSON object)")
         return found
 
+    @property
+    def val_predictions_path(self) -> Path:
+        return self.path / "val_predictions.npy"
+
+    @property
+    def val_losses_path(self) -> Path:
+        return self.path / "val_losses.npy"
+
+    @property
+    def test_predictions_path(self) -> Path:
+        return self.path / "test_predictions.npy"
+
     # ------------------------------------------------------------ config
 
     def read_config(self) -> RunConfig:
@@ -176,7 +192,8 @@ class RunDir:
         """Names in the folder that are not a run's files (nor their temporary copies)."""
         if not self.path.is_dir():
             return []
-        own = (self.config_path, self.metrics_path, self.checkpoint_path, self.summary_path)
+        own = (self.config_path, self.metrics_path, self.checkpoint_path, self.summary_path,
+               self.val_predictions_path, self.val_losses_path, self.test_predictions_path)
         own_names = (*(p.name for p in (*own, self.error_log_path)), *EXPORT_FILES)
         names = {name + tmp for name in own_names for tmp in ("", ".tmp")}
         try:
@@ -270,6 +287,27 @@ class RunDir:
             )
         return ckpt
 
+    # ------------------------------------------------------------ per-image outcomes
+
+    def write_val_predictions(self, predictions: np.ndarray, losses: np.ndarray) -> None:
+        """The final epoch's predicted class (int16) and cross-entropy (float32) per
+        validation image, in the order of the run's validation indices."""
+        write_array(self.val_predictions_path, np.asarray(predictions, dtype=np.int16))
+        write_array(self.val_losses_path, np.asarray(losses, dtype=np.float32))
+
+    def read_val_predictions(self) -> np.ndarray | None:
+        """The validation predictions; None for a run (or an older folder) without them."""
+        return read_array(self.val_predictions_path, np.int16)
+
+    def read_val_losses(self) -> np.ndarray | None:
+        return read_array(self.val_losses_path, np.float32)
+
+    def write_test_predictions(self, predictions: np.ndarray) -> None:
+        write_array(self.test_predictions_path, np.asarray(predictions, dtype=np.int16))
+
+    def read_test_predictions(self) -> np.ndarray | None:
+        return read_array(self.test_predictions_path, np.int16)
+
     # ------------------------------------------------------------ outcome
 
     def read_summary(self) -> Summary | None:
@@ -292,6 +330,29 @@ class RunDir:
         if details:
             write_atomic(self.error_log_path, details.encode())
         return summary
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_atomic(path, buf.getvalue())
+
+
+def read_array(path: Path, dtype: type[np.generic]) -> np.ndarray | None:
+    """A 1-D array of `dtype` saved by `write_array`; None when there is no file."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HpstudyError(f"{path}: not a readable .npy file ({first})") from None
+    if array.ndim != 1 or array.dtype != dtype:
+        raise HpstudyError(
+            f"{path}: holds a {array.dtype} array of shape {array.shape}, not 1-D "
+            f"{np.dtype(dtype).name}"
+        )
+    return array
 
 
 def not_a_folder(path: Path) -> str | None:

@@ -292,6 +292,7 @@ def train_epochs(
 ) -> Summary:
     """The epochs from `start_epoch` on: train, validate, checkpoint, log; the run's Summary."""
     config, ex = trainer.config, trainer.ex
+    val: dict[str, Any] | None = None
     for epoch in range(start_epoch, config.epochs):
         lr = trainer.set_lr(epoch)
         t0 = time.perf_counter()
@@ -342,6 +343,9 @@ def train_epochs(
         )
         if stop:
             return pruned(run, trainer, rows, epoch + 1)
+    if val is None:  # resumed after its final epoch: the same weights give the same outcomes
+        val = trainer.evaluate(d)
+    run.write_val_predictions(val["predictions"], val["losses"])
     return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
 
 

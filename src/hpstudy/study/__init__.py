@@ -4,7 +4,7 @@ The names below are the public API.
 """
 
 from hpstudy.study.plan import BUDGETS, Plan, budget_epochs
-from hpstudy.study.runner import default_out, run_study, status_text
+from hpstudy.study.runner import default_out, parse_seeds, run_study, status_text
 from hpstudy.study.select import select, summarise
 from hpstudy.study.spec import StudyConfig, builtin_names, describe, load_study
 from hpstudy.study.state import StudyFolder, StudyState
@@ -20,6 +20,7 @@ __all__ = [
     "default_out",
     "describe",
     "load_study",
+    "parse_seeds",
     "run_study",
     "select",
     "status_text",

@@ -66,6 +66,8 @@ class Plan:
         if self.budget != "full" and "warmup_epochs" in values:
             values["warmup_epochs"] = budget_warmup(int(values["warmup_epochs"]), self.budget)
         values.update(epochs=budget_epochs(stage.epochs, self.budget), seed=seed)
+        if study.split_follows_seed:
+            values["split_seed"] = seed
         shown = f"{stage.field} = {value!r}" if isinstance(stage, Stage) else label_of(value)
         where = f"{study.source}: stage {k + 1} ({stage.name}), {shown}, budget {self.budget}"
         config = parse_model(RunConfig, values, where)
@@ -74,6 +76,10 @@ class Plan:
         if config.precision == "fp16" and self.device_type != "cuda":
             raise HpstudyError(f"{where}: precision fp16 needs a CUDA device")
         return config.for_device(self.device_type)
+
+    def with_seeds(self, seeds: list[int]) -> Plan:
+        """The same plan for other seeds (seeds are not part of a study's identity)."""
+        return Plan(self.study.model_copy(update={"seeds": seeds}), self.budget, self.device_type)
 
     def stage_runs(
         self, k: int, winners: dict[str, Any], seeds: list[int] | None = None

@@ -20,17 +20,20 @@ from rich.markup import escape
 from hpstudy import __version__, data
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Executor, Job, SlurmOptions, make_executor
+from hpstudy.files import parse_model
 from hpstudy.progress import log
-from hpstudy.run import RunDir, RunStatus, evaluate, load_data
+from hpstudy.run import RunDir, RunStatus, evaluate, image_outcomes, load_data
+from hpstudy.study.compare import accuracy_interval
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.search import OptunaSearch, needs_training
-from hpstudy.study.select import select, summarise
+from hpstudy.study.select import SeedOutcomes, judge, select, summarise
 from hpstudy.study.spec import StudyConfig, load_study
 from hpstudy.study.state import (
     METRICS,
     DataSummary,
     FinalResult,
     FinalRun,
+    Follow,
     RunEntry,
     SettingState,
     SplitScores,
@@ -39,11 +42,52 @@ from hpstudy.study.state import (
     StudyFolder,
     StudyRecord,
     StudyState,
+    TestTop1,
 )
 
+FOLLOW = ("own", "published")
+MAX_SEEDS = 1000  # --seeds N and --until-decided N: a study of runs, not of a lifetime
 
-def default_out(name: str, budget: str) -> Path:
-    return Path("runs") / (name if budget == "full" else f"{name}-{budget}")
+
+def default_out(name: str, budget: str, follow: str = "own") -> Path:
+    """runs/NAME[-BUDGET][-published]: following the published winners trains other runs
+    and writes another report, so it gets a folder of its own by default."""
+    folder = name if budget == "full" else f"{name}-{budget}"
+    return Path("runs") / (folder if follow == "own" else f"{folder}-{follow}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`3` -> seeds 0, 1, 2; `0,1,5` (or `5,`) -> those seeds; else one HpstudyError."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        numbers = [int(p) for p in parts if p]
+    except ValueError:
+        numbers = []
+    if not numbers:
+        raise HpstudyError(
+            f"--seeds: expected a count like 3 or seeds like 0,1,2 (got {text!r})"
+        )
+    if len(parts) == 1:
+        if not 1 <= numbers[0] <= MAX_SEEDS:
+            raise HpstudyError(f"--seeds: a count must be 1..{MAX_SEEDS} (got {numbers[0]})")
+        return list(range(numbers[0]))
+    return numbers
+
+
+def with_options(
+    study: StudyConfig, seeds: list[int] | None, split_follows_seed: bool | None
+) -> StudyConfig:
+    """The study with the command line's seeds and split option, validated like the file."""
+    if seeds is None and split_follows_seed is None:
+        return study
+    raw = study.model_dump()
+    if seeds is not None:
+        raw["seeds"] = seeds
+    if split_follows_seed is not None:
+        raw["split_follows_seed"] = split_follows_seed
+    changed = parse_model(StudyConfig, raw, f"{study.source} with the command line's options")
+    changed._source = study.source
+    return changed
 
 
 def data_summary(
@@ -95,17 +139,35 @@ def run_study(
     device: str | None = None,
     runs_per_device: int | None = None,
     slurm: SlurmOptions | None = None,
+    seeds: list[int] | None = None,
+    until_decided: int | None = None,
+    follow: Follow = "own",
+    split_follows_seed: bool | None = None,
 ) -> StudyState:
-    """Run (or resume) a study; returns its state. Writes the report at the end."""
+    """Run (or resume) a study; returns its state. Writes the report at the end.
+
+    `seeds` replace the study's (not its identity: only new runs train); `until_decided`
+    gives an undecided stage one more seed at a time, up to that many, before the next
+    starts; `follow="published"` starts each stage from the published winners before it;
+    `split_follows_seed` draws each run's split from its seed (part of the identity)."""
     # the report is the step after the study: imported here so that importing
     # hpstudy.report never has to import the runner first
     from hpstudy.report import write_report
 
-    study = load_study(spec)
+    if follow not in FOLLOW:
+        raise HpstudyError(f"--follow: must be own or published (got {follow!r})")
+    if until_decided is not None and not 1 <= until_decided <= MAX_SEEDS:
+        raise HpstudyError(f"--until-decided: must be 1..{MAX_SEEDS} seeds (got {until_decided})")
+    study = with_options(load_study(spec), seeds, split_follows_seed)
+    if follow == "published" and not any(s.published_winner for s in study.stages):
+        raise HpstudyError(
+            f"{study.source}: --follow published needs published winners (published_winner), "
+            "and no stage names one"
+        )
     # a bad study fails before anything is started; the device, and so what `auto`
     # precision means and whether fp16 is possible, is known once the executor is
     Plan(study, budget, device_type=None).validate()
-    folder = StudyFolder(Path(out) if out is not None else default_out(study.name, budget))
+    folder = StudyFolder(Path(out) if out is not None else default_out(study.name, budget, follow))
     record = StudyRecord(
         name=study.name,
         budget=budget,
@@ -113,7 +175,7 @@ def run_study(
         identity=study.identity(budget),
     )
     folder.check(record)  # a folder it may not use is refused before anything starts
-    if done := already_done(folder, study):
+    if done := already_done(folder, study, follow, until_decided):
         log(f"{folder.path}: study {study.name} ({budget}) already finished; nothing to do")
         log(report_line(folder))
         return done
@@ -136,7 +198,9 @@ def run_study(
         plan = Plan(study, budget, runner.device_type())
         plan.validate()
         base = plan.config_for_base()
-        summary = runner.call(data_summary, options, base.split_seed, base.dataset)
+        split_seed = study.seeds[0] if study.split_follows_seed else base.split_seed
+        # with split_follows_seed the data section describes the first seed's split
+        summary = runner.call(data_summary, options, split_seed, base.dataset)
         # the folder is made only once the data is there (no half-claimed folder), and
         # written by this process alone from study.json to the report
         with folder.lock():
@@ -153,8 +217,10 @@ def run_study(
                 stages=[],
                 final=None,
                 environment={},
+                follow=follow,
+                until_decided=until_decided,
             )
-            run_stages(folder, plan, state, runner)
+            run_stages(folder, plan, state, runner, options)
             state.final = final_evaluation(folder, state, runner, options)
             state.environment = {**runner.call(environment), "device": state.final.device}
             failed = state.failed_runs()
@@ -165,7 +231,8 @@ def run_study(
         runner.close()
 
     t = state.final.test_top1
-    log(f"study {study.name} ({budget}) {state.status}: test top-1 {t.mean:.4f}")
+    within = f" (95 % interval [{t.ci95[0]:.4f}, {t.ci95[1]:.4f}])" if t.ci95 else ""
+    log(f"study {study.name} ({budget}) {state.status}: test top-1 {t.mean:.4f}{within}")
     if failed:
         log(
             f"{len(failed)} run(s) failed (the report lists why); run the same command again "
@@ -198,50 +265,116 @@ def conclude(folder: StudyFolder, state: StudyState, write_report: Callable[[Pat
         raise
 
 
-def already_done(folder: StudyFolder, study: StudyConfig) -> StudyState | None:
-    """The state of a study finished with these seeds and reported; else None."""
+def already_done(
+    folder: StudyFolder, study: StudyConfig, follow: str = "own", until_decided: int | None = None
+) -> StudyState | None:
+    """The state of a study finished and reported with these seeds, this mode and this
+    --until-decided; else None (and the next `study run` trains only what is new)."""
     if not folder.state_path.exists():
         return None
     state = folder.read_state()
     finished = state.status == "finished" and folder.report_path.exists()
-    return state if finished and state.seeds == study.seeds else None
+    same = (state.seeds, state.follow, state.until_decided) == (
+        study.seeds, follow, until_decided,
+    )
+    return state if finished and same else None
 
 
 def report_line(folder: StudyFolder) -> str:
     return f"report: {folder.path / 'report.md'} and {folder.path / 'report.html'}"
 
 
-def run_stages(folder: StudyFolder, plan: Plan, state: StudyState, runner: Executor) -> None:
+def run_stages(
+    folder: StudyFolder, plan: Plan, state: StudyState, runner: Executor, options: DataOptions
+) -> None:
     study = plan.study
     winners: dict[str, Any] = {}
     seen: set[str] = set()
     for k, stage in enumerate(study.stages):
         if stage.kind == "optuna":
+            # trials are asked and told by the search itself; more seeds do not apply
             state.stages.append(optuna_stage(folder, plan, k, winners, seen, state, runner))
-        else:
-            stage_state, jobs = expand_stage(folder, plan, k, winners, seen)
-            state.stages.append(stage_state)
             refresh(folder, state)
+            state.stages[k] = chosen = judged(folder, state.stages[k], study, runner, options)
             folder.write_state(state)
-            runs = sum(len(s.runs) for s in stage_state.settings)
-            log(
-                f"[bold]stage {k + 1}/{len(study.stages)} {stage.name}[/bold]: "
-                f"{runs} runs, {len(jobs)} to train"
-            )
-            runner.run(jobs)
-        refresh(folder, state)
-        state.stages[-1] = chosen = select(state.stages[-1], study.selection)
-        folder.write_state(state)
-        if chosen.winner is None:
-            raise no_usable_run(chosen)
-        winners.update(stage.assignment(chosen.settings[chosen.winner].value))
-        label = chosen.settings[chosen.winner].label
-        published = ""
+            if chosen.winner is None:
+                raise no_usable_run(chosen)
+        else:
+            chosen = run_stage(folder, plan, k, winners, seen, state, runner, options)
         published_winner = getattr(stage, "published_winner", None)
+        published_at = published_index(published_winner, chosen)
+        carried = carried_setting(published_at, chosen, state.follow)
+        state.stages[k] = chosen = chosen.model_copy(update={"carried": carried})
+        folder.write_state(state)
+        winners.update(stage.assignment(chosen.settings[carried].value))
+        label = chosen.settings[chosen.winner].label  # type: ignore[index]
+        published = ""
         if published_winner is not None:
             same = published_winner == label
             published = " (as published)" if same else f" (published: {published_winner})"
+        if carried != chosen.winner:
+            published += f"; following the published study, {published_winner} carries on"
         log(f"stage {stage.name}: winner {label}{published} — {chosen.verdict}")
+
+
+def run_stage(
+    folder: StudyFolder,
+    plan: Plan,
+    k: int,
+    winners: dict[str, Any],
+    seen: set[str],
+    state: StudyState,
+    runner: Executor,
+    options: DataOptions,
+) -> StageState:
+    """Stage k trained and judged; with --until-decided, grown by a seed at a time (for every
+    setting) while no interval decides it."""
+    study = plan.study
+    stage = study.stages[k]
+    seeds = list(study.seeds)
+    while True:
+        # a stage grown by a seed is expanded again: its own runs are not "reused"
+        seen_here = set(seen)
+        stage_plan = plan if seeds == study.seeds else plan.with_seeds(seeds)
+        stage_state, jobs = expand_stage(folder, stage_plan, k, winners, seen_here)
+        if len(state.stages) > k:
+            state.stages[k] = stage_state
+        else:
+            state.stages.append(stage_state)
+        refresh(folder, state)
+        folder.write_state(state)
+        runs = sum(len(s.runs) for s in stage_state.settings)
+        log(
+            f"[bold]stage {k + 1}/{len(study.stages)} {stage.name}[/bold]: "
+            f"{runs} runs, {len(jobs)} to train"
+        )
+        runner.run(jobs)
+        refresh(folder, state)
+        state.stages[k] = chosen = judged(folder, state.stages[k], study, runner, options)
+        folder.write_state(state)
+        if chosen.winner is None:
+            raise no_usable_run(chosen)
+        grow = state.until_decided is not None and len(seeds) < state.until_decided
+        if chosen.decided or not grow:
+            break
+        seeds.append(max(seeds) + 1)
+        log(f"stage {stage.name}: not decided; one more seed ({len(seeds)} seeds)")
+    seen |= seen_here
+    return chosen
+
+
+def judged(
+    folder: StudyFolder,
+    stage: StageState,
+    study: StudyConfig,
+    runner: Executor,
+    options: DataOptions,
+) -> StageState:
+    """The stage's winner chosen, then compared with every other setting."""
+    chosen = select(stage, study.selection)
+    if chosen.winner is None:
+        return chosen
+    return compare_stage(folder, chosen, study.selection, runner, options)
 
 
 def optuna_stage(
@@ -271,6 +404,57 @@ def optuna_stage(
     done = search.run(runner, on_change)
     state.stages.pop()
     return done
+
+
+def published_index(published_winner: str | None, stage: StageState) -> int | None:
+    """The index of the published winner among the stage's settings (None: not named)."""
+    labels = [s.label for s in stage.settings]
+    return labels.index(published_winner) if published_winner in labels else None
+
+
+def carried_setting(published: int | None, stage: StageState, follow: str) -> int:
+    """The setting later stages start from: the published winner when following it (where
+    the study names one and it has a usable run: a diverged one cannot be built on), else
+    the stage's own winner."""
+    if follow == "published" and published is not None and stage.settings[published].final:
+        return published
+    assert stage.winner is not None
+    return stage.winner
+
+
+def compare_stage(
+    folder: StudyFolder, stage: StageState, selection: str, runner: Executor, options: DataOptions
+) -> StageState:
+    """The stage judged on its runs' per-image validation outcomes (read where the data is)."""
+    run_dirs = [
+        [(r.seed, str((folder.path / r.run_dir).resolve())) for r in setting.runs
+         if r.status == RunStatus.FINISHED]
+        for setting in stage.settings
+    ]  # fmt: skip
+    outcomes = runner.call(validation_outcomes, run_dirs, options)
+    return judge(stage, outcomes, selection)
+
+
+def validation_outcomes(
+    run_dirs: list[list[tuple[int, str]]], options: DataOptions, device: str | None
+) -> list[SeedOutcomes]:
+    """Per setting, per seed: right/wrong and loss per validation image, for the runs that
+    keep their predictions (a run folder older than them is left out, and judged missing)."""
+    outcomes: list[SeedOutcomes] = []
+    for runs in run_dirs:
+        mine: SeedOutcomes = {}
+        for seed, path in runs:
+            found = image_outcomes(path, "val", root=options.root, verify=options.verify)
+            if found is not None:
+                mine[seed] = found
+        outcomes.append(mine)
+    return outcomes
+
+
+def test_outcomes(run_dirs: list[str], options: DataOptions, device: str | None) -> list[Any]:
+    """Right/wrong per test image of each final run; None for one that keeps no predictions."""
+    found = [image_outcomes(p, "test", root=options.root, verify=options.verify) for p in run_dirs]
+    return [f[0] if f is not None else None for f in found]
 
 
 def expand_stage(
@@ -355,8 +539,9 @@ def final_evaluation(
     """The winner of the last stage, every finished seed, evaluated on test exactly once."""
     last = state.stages[-1]
     assert last.winner is not None  # run_stages stops on a stage without a winner
+    final_setting = last.carried if last.carried is not None else last.winner
     runs = []
-    for entry in last.settings[last.winner].runs:
+    for entry in last.settings[final_setting].runs:
         if entry.status != RunStatus.FINISHED:
             continue
         run_dir = RunDir(folder.path / entry.run_dir)
@@ -384,10 +569,19 @@ def final_evaluation(
         s = summarise([getattr(r.test, key) for r in runs])
         return s if s is not None else Stat(mean=float("nan"), std=0.0, n=0)
 
+    paths = [str((folder.path / r.run_dir).resolve()) for r in runs]
+    correct = runner.call(test_outcomes, paths, options)
+    top1 = TestTop1(**stat("top1").model_dump())
+    if correct and all(c is not None for c in correct):
+        ci95, how = accuracy_interval(correct)
+        top1 = top1.model_copy(update={"ci95": list(ci95), "interval": how})
+    elif correct:
+        top1 = top1.model_copy(update={"interval": "none: a final run keeps no test predictions "
+                                                   "(evaluated before hpstudy kept them)"})
     return FinalResult(
         config=config,
         runs=runs,
-        test_top1=stat("top1"),
+        test_top1=top1,
         test_top5=stat("top5"),
         test_loss=stat("loss"),
         device=(summary.device_name if summary else None) or "unknown",
@@ -426,4 +620,4 @@ def status_text(out: str | Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BUDGETS", "default_out", "run_study", "status_text"]
+__all__ = ["BUDGETS", "FOLLOW", "default_out", "parse_seeds", "run_study", "status_text"]

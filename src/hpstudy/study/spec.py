@@ -358,6 +358,9 @@ class StudyConfig(BaseModel):
     description: str = ""
     seeds: list[int] = Field([0], min_length=1)
     selection: Selection = "val_acc"
+    # every run's train/val split drawn from its own seed (split_seed = seed), so the
+    # split's variance is part of the seed-to-seed spread
+    split_follows_seed: bool = False
     base: dict[str, Scalar] = {}
     stages: list[AnyStage] = Field(min_length=1)
     final: Final = Final()
@@ -399,6 +402,11 @@ class StudyConfig(BaseModel):
         numbers += [n for n in self.report.figures.model_dump().values() if n is not None]
         if len(numbers) != len(set(numbers)):
             raise ValueError(f"figure numbers repeat: {sorted(numbers)}")
+        if self.split_follows_seed and (
+            "split_seed" in self.base
+            or any("split_seed" in (s.field, *s.overrides) for s in self.stages)
+        ):
+            raise ValueError("split_follows_seed sets every run's split_seed: the study may not")
         for key in self.base:
             if key in RESERVED_FIELDS:
                 raise ValueError(f"base may not set {key!r}: seeds and stages decide it")
@@ -406,7 +414,10 @@ class StudyConfig(BaseModel):
 
     def identity(self, budget: str) -> dict[str, Any]:
         """What changes results: two studies with equal identities share a folder."""
+        # only when on: a study written before the option keeps its hash and its folder
+        follows = {"split_follows_seed": True} if self.split_follows_seed else {}
         return {
+            **follows,
             "base": self.base,
             "stages": [s.identity() for s in self.stages],
             "selection": self.selection,
@@ -501,7 +512,8 @@ def load_study(spec: str | Path) -> StudyConfig:
 def describe(study: StudyConfig) -> str:
     lines = [
         f"{study.name}: {study.description}",
-        f"seeds {study.seeds}, winner by {study.selection}",
+        f"seeds {study.seeds}, winner by {study.selection}"
+        + (", split drawn from each seed" if study.split_follows_seed else ""),
         "base: " + ", ".join(f"{k}={format_value(v)}" for k, v in study.base.items()),
     ]
     for i, stage in enumerate(study.stages, 1):

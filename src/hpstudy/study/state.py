@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from hpstudy.errors import HpstudyError
 from hpstudy.files import read_model, write_model
@@ -25,6 +25,7 @@ from hpstudy.study.spec import Published, ReportSpec, Selection
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 StudyStatus = Literal["running", "incomplete", "finished"]
+Follow = Literal["own", "published"]
 
 
 class Record(BaseModel):
@@ -57,6 +58,24 @@ class SettingState(Record):
     trial: int | None = None  # an optuna stage's trial number
 
 
+class Comparison(Record):
+    """The stage's winner against one other setting, in the selection metric.
+
+    `difference` is winner minus setting (positive favours the winner for val_acc, negative
+    for val_loss); `ci95` its 95 % interval; `prob_better` the probability that the winner
+    beats the setting on a new seed (at one seed: on a new draw of the validation images).
+    Without per-image predictions every number is None and `test` says why.
+    """
+
+    setting: str
+    difference: float | None
+    ci95: list[float] | None
+    p_value: float | None
+    prob_better: float | None
+    test: str
+    seeds: int = 0  # paired seeds the comparison rests on
+
+
 class StageState(Record):
     name: str
     field: str  # the varied fields, ", "-joined
@@ -74,6 +93,9 @@ class StageState(Record):
     kind: str = "values"  # values, grid, random or optuna
     journal: str | None = None  # an optuna stage's journal, relative to the study folder
     optuna_study: str | None = None  # its study's name in that journal
+    comparisons: list[Comparison] = []  # the winner against every other usable setting
+    decided: bool = False  # every comparison's interval excludes 0
+    carried: int | None = None  # the setting later stages start from (None: the winner)
 
 
 class DataSummary(Record):
@@ -108,13 +130,26 @@ class FinalRun(Record):
     test_evaluations: int  # how often the ledger says this run met the test split
 
 
+class TestTop1(Stat):
+    """Test top-1 over seeds with its 95 % interval (None where predictions are missing)."""
+
+    ci95: list[float] | None = None
+    interval: str | None = None  # how the interval was made (Wilson, two-level bootstrap)
+
+
 class FinalResult(Record):
     config: dict[str, Any]  # the winning configuration, seed left out
     runs: list[FinalRun]
-    test_top1: Stat
+    test_top1: TestTop1
     test_top5: Stat
     test_loss: Stat
     device: str
+
+    @field_validator("test_top1", mode="before")
+    @classmethod
+    def _from_stat(cls, value: Any) -> Any:
+        """A plain Stat (code written before intervals) is a TestTop1 without one."""
+        return value.model_dump() if isinstance(value, Stat) else value
 
 
 class StudyState(Record):
@@ -130,6 +165,8 @@ class StudyState(Record):
     final: FinalResult | None
     environment: dict[str, str]
     wall_seconds_this_invocation: float | None = None
+    follow: Follow = "own"  # whose winners each stage starts from
+    until_decided: int | None = None  # an undecided stage grows to this many seeds
 
     def failed_runs(self) -> list[tuple[StageState, SettingState, RunEntry]]:
         return [
