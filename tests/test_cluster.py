@@ -132,7 +132,9 @@ def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
     )
     assert_same(sequential, outcome(out))
     logs = list((out / "slurm").glob("*_log.err"))
-    assert len(logs) == 5  # data summary, two runs, test evaluation, environment
+    # data summary, two runs, the stage's per-image comparison, test evaluation, test
+    # outcomes (the interval), the export, environment
+    assert len(logs) == 8
 
 
 def test_slurm_pulls_jobs_as_slots_free_and_records_a_failed_job(tmp_path: Path) -> None:
