@@ -38,17 +38,31 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def field_help(name: str) -> str:
+    """A RunConfig field's one-line help: its description, its choices, its default."""
+    from hpstudy.config import RunConfig
+    from hpstudy.models import list_models
+
+    field = RunConfig.model_fields[name]
+    text = field.description or name.replace("_", " ")
+    if name == "model":
+        text += f" ({', '.join(list_models())})"
+    elif typing.get_origin(field.annotation) is typing.Literal:
+        text += f" ({', '.join(map(str, typing.get_args(field.annotation)))})"
+    default = field.default
+    shown = ("all" if name.startswith("limit") else "auto") if default is None else default
+    return f"{text} (default: {shown})"
+
+
 def add_run_config_options(p: argparse.ArgumentParser) -> None:
-    """One option per RunConfig field, named after it, typed after it."""
+    """One option per RunConfig field, named after it, typed after it, described by it."""
     from hpstudy.config import RunConfig
 
     for name, field in RunConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = field.annotation
         args = typing.get_args(kind)
-        default = field.default
-        shown = ("all" if name.startswith("limit") else "auto") if default is None else default
-        help_text = f"(default: {shown})"
+        help_text = field_help(name)
         if kind is bool or (isinstance(kind, types.UnionType) and bool in args):
             p.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
