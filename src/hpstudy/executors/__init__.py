@@ -26,7 +26,7 @@ T = TypeVar("T")
 class Job:
     config: RunConfig
     run_dir: Path
-    label: str = ""  # for progress lines: "stage / setting / seed"
+    label: str = ""  # names the run in progress lines: "stage 2 schedule=cosine seed 0"
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class DataOptions:
 
 
 class Executor(Protocol):
+    # True where jobs train in this process (their progress can be drawn live here)
+    in_process: bool
+
     def device_type(self) -> str:
         """cpu or cuda: where runs will execute, so their precision can be resolved."""
 
@@ -52,7 +55,9 @@ def run_job(job: Job, options: DataOptions, device: str | None = None) -> Summar
     """Train one job; a failure is recorded in its run folder, never raised."""
     config = job.config if device is None else job.config.model_copy(update={"device": device})
     try:
-        return train(config, job.run_dir, root=options.root, verify=options.verify)
+        return train(
+            config, job.run_dir, root=options.root, verify=options.verify, label=job.label or None
+        )
     except KeyboardInterrupt:
         raise
     except Exception as err:  # any failure of one run must not stop the others

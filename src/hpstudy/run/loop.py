@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpstudy import __version__, augment
+from hpstudy import __version__, augment, progress
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.models import count_macs, count_parameters
@@ -116,8 +116,13 @@ class Trainer:
         self.model.train()
         steps = math.ceil(len(d.train_x) / config.batch_size)
         smoothing = config.label_smoothing
+        seen = 0
+
+        def running_loss() -> str:  # read (a sync on a GPU) only when the bar is drawn
+            return f"loss {loss_sum.item() / max(seen, 1):.3f}"
+
         with bar(f"epoch {epoch + 1}/{config.epochs}", steps, show) as advance:
-            for step, b in enumerate(batches(d, config, ex, epoch)):
+            for b in batches(d, config, ex, epoch):
                 with ex.autocast():
                     logits = self.step_model(b.x).float()
                 loss = F.cross_entropy(logits, b.y, label_smoothing=smoothing)
@@ -136,9 +141,8 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 loss_sum += loss.detach().double() * len(b.y)
-                # reading the loss syncs with the device: only now and then, for the eye
-                info = (lambda loss=loss: f"loss {loss.item():.3f}") if step % 50 == 0 else None
-                advance(1, info)
+                seen += len(b.y)
+                advance(1, running_loss)
         return loss_sum.item() / len(d.train_x), hits.item() / len(d.train_x)
 
     def evaluate(self, d: DeviceData) -> dict[str, Any]:
@@ -188,8 +192,12 @@ def train(
     root: str | Path | None = None,
     verify: bool = True,
     show_progress: bool | None = None,
+    label: str | None = None,
 ) -> Summary:
-    """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary."""
+    """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary.
+
+    `label` names the run in its epoch lines (a study's `stage 2 schedule=cosine seed 0`);
+    without one, the run folder's name does."""
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     run = RunDir(run_dir)
@@ -203,6 +211,8 @@ def train(
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows)
+    label = label or run.name
+    progress.run_started(label)
 
     for epoch in range(start_epoch, config.epochs):
         lr = trainer.set_lr(epoch)
@@ -211,11 +221,11 @@ def train(
         ex.sync()
         train_seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and math.isfinite(train_acc)):
-            log(f"[red]{run.name}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
+            log(f"[red]{label}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
             return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         val = trainer.evaluate(d)
         if not (math.isfinite(val["loss"]) and math.isfinite(val["top1"])):
-            log(f"[red]{run.name}: val loss is {val['loss']} at epoch {epoch + 1}: diverged[/red]")
+            log(f"[red]{label}: val loss is {val['loss']} at epoch {epoch + 1}: diverged[/red]")
             return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         row = {
             "epoch": epoch + 1,
@@ -240,17 +250,25 @@ def train(
             }
         )
         run.write_metrics(rows)
-        log(
-            f"{run.name} epoch {epoch + 1}/{config.epochs} lr {lr:.4g} "
-            f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "
-            f"({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)"
-        )
+        progress.epoch_finished(epoch_line(label, row, config.epochs), row["seconds"])
     return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
+
+
+def epoch_line(label: str, row: MetricRow, epochs: int) -> str:
+    """`stage 2 schedule=cosine seed 0 · epoch 3/30 · train loss 2.41 acc 0.38 · val loss 2.50
+    acc 0.36 · 412 img/s`: what an epoch leaves behind, every number labelled."""
+    return (
+        f"{label} · epoch {int(row['epoch'])}/{epochs} · lr {row['lr']:.4g} · "
+        f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} · "
+        f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} · "
+        f"{row['images_per_s']:.0f} img/s · {row['seconds']:.1f} s"
+    )
 
 
 def finish(
     run: RunDir, trainer: Trainer, rows: list[MetricRow], status: RunStatus, epochs_done: int
 ) -> Summary:
+    progress.run_finished()
     ex = trainer.ex
     summary = Summary(
         status=status,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 import unicodedata
 from importlib import resources
@@ -209,28 +210,91 @@ def builtin_names() -> list[str]:
     )
 
 
-def load_study(spec: str | Path) -> StudyConfig:
-    """A TOML file, or the name of a built-in study; every problem is one HpstudyError."""
+def study_text(spec: str | Path) -> tuple[str, str]:
+    """The source text of a TOML file or a built-in study, and where it came from."""
     path = Path(spec)
     if str(spec) in builtin_names() and not path.exists():
         where = f"{spec} (built-in)"
-        text = (resources.files("hpstudy") / "studies" / f"{spec}.toml").read_bytes()
+        raw = (resources.files("hpstudy") / "studies" / f"{spec}.toml").read_bytes()
     elif path.is_file():
         where = str(path)
         try:
-            text = path.read_bytes()
+            raw = path.read_bytes()
         except OSError as err:
             raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
     else:
         known = ", ".join(builtin_names())
         raise HpstudyError(f"{spec}: no such study file or built-in study (built-ins: {known})")
     try:
-        raw = tomllib.loads(text.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        return raw.decode("utf-8"), where
+    except UnicodeDecodeError as err:
+        raise HpstudyError(f"{where}: not valid TOML ({err})") from None
+
+
+def parse_study(text: str, where: str) -> StudyConfig:
+    """A study file's text as a StudyConfig; every problem is one HpstudyError naming `where`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
         raise HpstudyError(f"{where}: not valid TOML ({err})") from None
     study = parse_model(StudyConfig, raw, where)
     study._source = where
     return study
+
+
+def load_study(spec: str | Path) -> StudyConfig:
+    """A TOML file, or the name of a built-in study; every problem is one HpstudyError."""
+    return parse_study(*study_text(spec))
+
+
+STARTER = """\
+# A study: each stage varies one RunConfig field (see `hpstudy train --help` for every
+# field and what it means); every later stage starts from the winners before it.
+# Run it with `hpstudy study run FILE`; try `--budget smoke` first (minutes on a CPU).
+
+name = "NAME"
+description = "what this study asks, in one line"
+seeds = [0]                 # several seeds: tables show mean ± std, winners by the mean
+selection = "val_acc"       # or "val_loss": final-epoch validation metric, mean over seeds
+
+[base]                      # fields every run shares; the rest keep their defaults
+model = "mobilenet"
+width = 1.0
+schedule = "constant"
+
+[[stages]]
+name = "learning rate"
+field = "lr"                # the RunConfig field this stage varies
+values = [0.01, 0.05, 0.5]
+epochs = 15
+# labels = ["low", "mid", "high"]   # how the report names the values
+# overrides = { weight_decay = 5e-4 }  # other fields fixed for this stage only
+
+[[stages]]
+name = "schedule"
+field = "schedule"
+values = ["constant", "cosine"]
+epochs = 30
+
+[final]
+split = "test"              # the last stage's winner is evaluated once on test
+"""
+
+
+def starter_text(name: str, source: str | None = None) -> str:
+    """A commented study file named `name` to start from: the starter, or a copy of the
+    study `source` (a built-in name or a file) with its name changed; checked to load."""
+    if source is None:
+        text = STARTER.replace('name = "NAME"', f"name = {json.dumps(name)}", 1)
+    else:
+        text, where = study_text(source)
+        parse_study(text, where)  # a broken source is its own error, not the copy's
+        line = re.compile(r'^name\s*=\s*(".*"|\'.*\')[ \t]*(#.*)?$', re.MULTILINE)
+        if not line.search(text):
+            raise HpstudyError(f"{where}: no `name = ...` line of its own to rename")
+        text = line.sub(lambda m: f"name = {json.dumps(name)}", text, count=1)
+    parse_study(text, f"study {name!r}")
+    return text
 
 
 def describe(study: StudyConfig) -> str:
