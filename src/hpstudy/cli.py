@@ -55,6 +55,16 @@ def field_help(name: str) -> str:
     return f"{text} (default: {shown})"
 
 
+def option_table() -> str:
+    """The README's table of `train` options (= study-file keys), from the same descriptions."""
+    from hpstudy.config import RunConfig
+
+    rows = ["| option | study-file key | what it sets |", "|---|---|---|"]
+    for name in RunConfig.model_fields:
+        rows.append(f"| `--{name.replace('_', '-')}` | `{name}` | {field_help(name)} |")
+    return "\n".join(rows)
+
+
 def add_run_config_options(p: argparse.ArgumentParser) -> None:
     """One option per RunConfig field, named after it, typed after it, described by it."""
     from hpstudy.config import RunConfig

@@ -49,7 +49,7 @@ class RunConfig(BaseModel):
     nesterov: bool = Field(False, description="Nesterov momentum")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of SGD")
     schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="learning rate after warmup: constant, or cosine-annealed to 0"
+        "constant", description="learning rate after warmup: held, or cosine-annealed to 0"
     )
     warmup_epochs: int = Field(0, ge=0, description="epochs of linear warmup to the peak lr")
     # regularisation

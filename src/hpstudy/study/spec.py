@@ -289,11 +289,16 @@ def starter_text(name: str, source: str | None = None) -> str:
     else:
         text, where = study_text(source)
         parse_study(text, where)  # a broken source is its own error, not the copy's
-        line = re.compile(r'^name\s*=\s*(".*"|\'.*\')[ \t]*(#.*)?$', re.MULTILINE)
-        if not line.search(text):
+        # the study's own name: before the first table (stages have names too)
+        first_table = re.search(r"^\s*\[", text, re.MULTILINE)
+        head_end = first_table.start() if first_table else len(text)
+        line = re.compile(r'^name\s*=\s*("[^"\n]*"|\'[^\'\n]*\')', re.MULTILINE)
+        found = line.search(text, 0, head_end)
+        if found is None:
             raise HpstudyError(f"{where}: no `name = ...` line of its own to rename")
-        text = line.sub(lambda m: f"name = {json.dumps(name)}", text, count=1)
-    parse_study(text, f"study {name!r}")
+        text = f"{text[: found.start(1)]}{json.dumps(name)}{text[found.end(1) :]}"
+    if parse_study(text, f"study {name!r}").name != name:
+        raise HpstudyError(f"{source}: its `name = ...` line could not be renamed; copy it by hand")
     return text
 
 
