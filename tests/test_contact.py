@@ -349,7 +349,8 @@ def test_readme_option_table_is_the_generated_one() -> None:
 def test_a_bad_field_in_a_study_file_says_what_the_field_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for key, value in (("lr", "-1"), ("width", "9"), ("momentum", '"fast"'), ("lr", "nan")):
+    bad = (("lr", "-1"), ("momentum", "1.5"), ("label_smoothing", '"x"'), ("mixup_alpha", "nan"))
+    for key, value in bad:
         study = tmp_path / "bad.toml"
         study.write_text(TWO_RUNS.replace("[base]", f"[base]\n{key} = {value}", 1)
                          .replace('field = "lr"', 'field = "weight_decay"')
