@@ -104,18 +104,18 @@ class StudyDisplay:
     def start(self) -> None:
         if not (self.live and is_live()):
             return
+        # bars first, at fixed widths; the words last, cut at the terminal's edge if need be
         self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.description}"),
             console=console,
             transient=True,
         )
         self.study_task = self.progress.add_task(
-            "study", total=self.epochs, completed=self.epochs_done, info=self.summary()
+            f"study · {self.summary()}", total=self.epochs, completed=self.epochs_done
         )
-        self.run_task = self.progress.add_task("waiting for a run", total=None, info="")
+        self.run_task = self.progress.add_task("waiting for a run", total=None)
         self.progress.start()
 
     def stop(self) -> None:
@@ -125,12 +125,14 @@ class StudyDisplay:
 
     def redraw(self) -> None:
         if self.progress is not None:
-            self.progress.update(self.study_task, completed=self.epochs_done, info=self.summary())
+            self.progress.update(
+                self.study_task, completed=self.epochs_done, description=f"study · {self.summary()}"
+            )
 
     def run_started(self, label: str) -> None:
-        self.current = f"run {min(self.runs_done + 1, self.runs)}/{self.runs} {label}"
+        self.current = f"run {min(self.runs_done + 1, self.runs)}/{self.runs} · {label}"
         if self.progress is not None:
-            self.progress.update(self.run_task, description=self.current, info="")
+            self.progress.update(self.run_task, description=self.current)
 
     def epoch_finished(self, seconds: float) -> None:
         self.epochs_done += 1
@@ -152,10 +154,18 @@ class StudyDisplay:
 
     @contextmanager
     def run_bar(self, description: str, total: int) -> Iterator[Advance]:
+        """The current run's line as the bar of one epoch: `run 3/8 · LABEL · epoch 2/4 ·
+        loss 3.912`, its batches counted."""
         progress = self.progress
         assert progress is not None
-        progress.reset(self.run_task, total=total, description=f"{self.current} · {description}")
-        yield throttled(lambda steps, info: progress.update(self.run_task, advance=steps, **info))
+        prefix = f"{self.current} · {description}"
+        progress.reset(self.run_task, total=total, description=prefix)
+
+        def update(steps: int, info: dict[str, str]) -> None:
+            text = {"description": f"{prefix} · {info['info']}"} if info else {}
+            progress.update(self.run_task, advance=steps, **text)
+
+        yield throttled(update)
 
 
 display: StudyDisplay | None = None  # the study being shown in this process, if any
