@@ -259,19 +259,30 @@ def folder_progress(folder: StudyFolder, state: StudyState) -> Progress | None:
         name=record.name, seeds=state.seeds, base=identity.get("base", {}), stages=stages
     )
     seconds: list[float] = []
-    device_type = "cpu"
+    existing = set()
     for run_dir in sorted((folder.path / "runs").glob("*")):
-        run = RunDir(run_dir)
-        seconds += [row["seconds"] for row in run.read_metrics()]
-        summary = run.read_summary()
-        if summary is not None and (summary.device or "").startswith("cuda"):
-            device_type = "cuda"
+        existing.add(run_dir.name)
+        seconds += [row["seconds"] for row in RunDir(run_dir).read_metrics()]
     chosen = {
         k: stage.winner for k, stage in enumerate(state.stages) if stage.winner is not None
     }
     index = {id(stage): k for k, stage in enumerate(study.stages)}
-    plan = Plan(study, record.budget, device_type)
-    runs = plan.distinct_runs(lambda stage: chosen.get(index[id(stage)], 0))
+
+    def planned(device_type: str) -> list[RunConfig]:
+        plan = Plan(study, record.budget, device_type)
+        try:
+            return plan.distinct_runs(lambda stage: chosen.get(index[id(stage)], 0))
+        except HpstudyError:  # fp16 on a CPU: the study ran on the other device
+            return []
+
+    # `auto` precision names runs differently on a CPU and a GPU: the device is the one
+    # whose run names the folder holds
+    runs = max(
+        (planned(d) for d in ("cpu", "cuda")),
+        key=lambda rs: sum(r.run_hash() in existing for r in rs),
+    )
+    if not runs:
+        return None
     done = [epochs_in(folder, run) for run in runs]
     return Progress(
         runs_done=sum(d >= r.epochs for r, d in zip(runs, done, strict=True)),
