@@ -1,10 +1,12 @@
 """Predict the wall time of a study (default: seed-report at the full budget) on this device.
 
 Measures hpstudy's train step (Trainer.train_epoch) and evaluation (Trainer.evaluate at the
-eval batch) for a few batches, then adds up every distinct run of the study (Plan.distinct_runs):
-epochs x (train images / train rate + val images / eval rate + checkpoint write),
-plus the final test evaluation of each seed. A grid or random stage counts its settings; an
-optuna stage counts `n_trials` runs at its full horizon (an upper bound: pruned trials stop early).
+eval batch) for more batches than `study run` does, then adds up every distinct run of the
+study with the package's own arithmetic (hpstudy.study.study_cost: Plan.distinct_runs, each
+epoch = train images / train rate + val images / eval rate + checkpoint write, plus the final
+test evaluation of each seed): the numbers `study run` prints, measured more carefully.
+A grid or random stage counts its settings; an optuna stage counts `n_trials` runs at its
+full horizon (an upper bound: pruned trials stop early).
 
     python benchmarks/study_cost.py --root /tmp/cifar-real --no-verify
     python benchmarks/study_cost.py --steps 3 --eval-batches 1     # synthetic data, quick
@@ -31,24 +33,13 @@ from _common import (
     train_split_size,
 )
 
-from hpstudy.config import RunConfig
 from hpstudy.constants import val_size
 from hpstudy.errors import HpstudyError
 from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_data, resolve_device
-from hpstudy.study import Plan, load_study
+from hpstudy.study import BUDGETS, Plan, Speed, epoch_seconds, load_study, study_cost
 
 DEFAULTS = {"cpu": (50, 2, 3), "cuda": (300, 30, 10)}  # train steps, warm-up steps, eval batches
 TARGET_HOURS_GPU = 1.5
-
-
-# ---------------------------------------------------------------- the study's runs
-
-
-def split_sizes(config: RunConfig) -> tuple[int, int]:
-    """Train and val images of one epoch of `config` on the real archive."""
-    val = val_size(ARCHIVE_TRAIN_IMAGES)
-    train = ARCHIVE_TRAIN_IMAGES - val
-    return min(train, config.limit_train or train), min(val, config.limit_val or val)
 
 
 # ---------------------------------------------------------------- measurements
@@ -113,20 +104,20 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     eval_rate = val_n / eval_seconds(trainer, d)
     ckpt = checkpoint_seconds(trainer)
 
-    runs = []
-    for run in plan.distinct_runs():
-        train_images, val_images = split_sizes(run)
-        epoch = train_images / train_rate + val_images / eval_rate + ckpt
-        runs.append(
-            {
-                "run_hash": run.run_hash(),
-                "seed": run.seed,
-                "epochs": run.epochs,
-                "seconds": run.epochs * epoch,
-            }
-        )
+    speed = Speed(env["device_name"], train_rate, eval_rate, ckpt)
+    val = val_size(ARCHIVE_TRAIN_IMAGES)
+    sizes = (ARCHIVE_TRAIN_IMAGES - val, val, ARCHIVE_TEST_IMAGES)
+    runs = [
+        {
+            "run_hash": run.run_hash(),
+            "seed": run.seed,
+            "epochs": run.epochs,
+            "seconds": run.epochs * epoch_seconds(run, speed, *sizes[:2]),
+        }
+        for run in plan.distinct_runs()
+    ]
     test_seconds = len(study.seeds) * ARCHIVE_TEST_IMAGES / eval_rate
-    total = sum(r["seconds"] for r in runs) + test_seconds
+    total = study_cost(plan, *sizes, speed).seconds or 0.0
     return {
         **env,
         "data": source,
@@ -184,7 +175,7 @@ def show(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--study", default="seed-report", help="a TOML file or a built-in name")
-    p.add_argument("--budget", choices=("full", "short", "smoke"), default="full")
+    p.add_argument("--budget", choices=BUDGETS, default="full")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--steps", type=int, help="measured train steps (cpu 50, cuda 300)")
     p.add_argument("--warmup", type=int, help="warm-up train steps (cpu 2, cuda 30)")

@@ -15,9 +15,16 @@ UNREACHABLE_URL = "http://127.0.0.1:9/cifar-100-python.tar.gz"
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may download the real 160 MB archive: a missing dataset fails fast instead."""
+def _offline(monkeypatch: pytest.MonkeyPatch, speed_cache: Path) -> None:
+    """No test may download the real 160 MB archive: a missing dataset fails fast instead.
+    Nor write the user's speed cache: the tests share one of their own."""
     monkeypatch.setenv("HPSTUDY_CIFAR100_URL", UNREACHABLE_URL)
+    monkeypatch.setenv("HPSTUDY_CACHE", str(speed_cache))
+
+
+@pytest.fixture(scope="session")
+def speed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Every error you can cause ends in one line starting `error:` and a non-zero exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -39,17 +40,41 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def field_help(name: str) -> str:
+    """A RunConfig field's one-line help: its description, its choices, its default."""
+    from hpstudy.config import RunConfig
+    from hpstudy.models import list_models
+
+    field = RunConfig.model_fields[name]
+    text = field.description or name.replace("_", " ")
+    if name == "model":
+        text += f" ({', '.join(list_models())})"
+    elif typing.get_origin(field.annotation) is typing.Literal:
+        text += f" ({', '.join(map(str, typing.get_args(field.annotation)))})"
+    default = field.default
+    shown = ("all" if name.startswith("limit") else "auto") if default is None else default
+    return f"{text} (default: {shown})"
+
+
+def option_table() -> str:
+    """The README's table of `train` options (= study-file keys), from the same descriptions."""
+    from hpstudy.config import RunConfig
+
+    rows = ["| option | study-file key | what it sets |", "|---|---|---|"]
+    for name in RunConfig.model_fields:
+        rows.append(f"| `--{name.replace('_', '-')}` | `{name}` | {field_help(name)} |")
+    return "\n".join(rows)
+
+
 def add_run_config_options(p: argparse.ArgumentParser) -> None:
-    """One option per RunConfig field, named after it, typed after it."""
+    """One option per RunConfig field, named after it, typed after it, described by it."""
     from hpstudy.config import RunConfig
 
     for name, field in RunConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = field.annotation
         args = typing.get_args(kind)
-        default = field.default
-        shown = ("all" if name.startswith("limit") else "auto") if default is None else default
-        help_text = f"(default: {shown})"
+        help_text = field_help(name)
         if kind is bool or (isinstance(kind, types.UnionType) and bool in args):
             p.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -195,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         choices=BUDGETS,
         default="full",
-        help="full: as written; short: a tenth of the epochs; smoke: 1-2 epochs on "
-        "2,048/512 images, to check the plumbing (default: full)",
+        help="full: as written; short: a tenth of the epochs; quick: fewer epochs and "
+        "images, for a CPU (seed-report in under an hour); smoke: 1-2 epochs on 2,048/512 "
+        "images, to check the plumbing (default: full)",
     )
     p.add_argument(
         "--executor",
@@ -251,14 +277,45 @@ def build_parser() -> argparse.ArgumentParser:
         "the study file; a different study: other runs, another folder)",
     )
     add_data_options(p)
-    p = study_p.add_parser("status", help="one line per run")
-    p.add_argument("dir", type=Path, help="a study folder")
-    p = study_p.add_parser("show", help="print a study's stages")
-    p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
+    add_study_inspection(study_p)
 
     p = sub.add_parser("report", help="write report.md / report.html for a study folder")
     p.add_argument("dir", type=Path, help="a study folder")
     return parser
+
+
+def add_study_inspection(study_p: argparse._SubParsersAction) -> None:
+    """status, show, list, init: the study commands that train nothing."""
+    p = study_p.add_parser("status", help="one line per run, winners marked, time left")
+    p.add_argument("dir", type=Path, help="a study folder")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=WATCH_SECONDS,
+        default=None,
+        metavar="SECONDS",
+        help=f"refresh every SECONDS (default {WATCH_SECONDS:g}) until the study ends "
+        "(Ctrl-C stops watching, not the study)",
+    )
+    p = study_p.add_parser("show", help="print a study's stages, or its file with --toml")
+    p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
+    p.add_argument(
+        "--toml", action="store_true", help="print the study file exactly, to copy and change"
+    )
+    study_p.add_parser("list", help="the built-in studies, a line each")
+    p = study_p.add_parser("init", help="write a commented study file to start from")
+    p.add_argument("name", help="the new study's name (also its file's, NAME.toml)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="STUDY",
+        help="copy this built-in study or TOML file instead of the starter",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="file to write (default: NAME.toml); never replaced"
+    )
 
 
 def print_json(obj: Any) -> None:
@@ -340,15 +397,68 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{name:12} {ms:>20} {ips:>19}")
 
 
+WATCH_SECONDS = 5.0
+
+
+def cmd_study_show(args: argparse.Namespace) -> None:
+    from hpstudy import study
+
+    config = study.load_study(args.study)
+    study.Plan(config, "full").validate()
+    if args.toml:
+        sys.stdout.write(study.study_text(args.study)[0])
+    else:
+        print(study.describe(config))
+
+
+def cmd_study_list(args: argparse.Namespace) -> None:
+    from hpstudy import study
+
+    names = study.builtin_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:{width}}  {study.load_study(name).description}")
+
+
+def cmd_study_init(args: argparse.Namespace) -> None:
+    from hpstudy import study
+
+    text = study.starter_text(args.name, args.source)
+    out = args.out if args.out is not None else Path(f"{args.name}.toml")
+    try:
+        with open(out, "x", encoding="utf-8") as f:  # "x": never over an existing file
+            f.write(text)
+    except FileExistsError:
+        raise HpstudyError(
+            f"{out}: exists; init never overwrites a file (use another --out)"
+        ) from None
+    print(f"{out}: study {args.name!r} written; edit it, then try: hpstudy study run {out} "
+          "--budget smoke")
+
+
+def cmd_study_status(args: argparse.Namespace) -> None:
+    from hpstudy import study
+
+    if args.watch is None:
+        print(study.status_text(args.dir))
+        return
+    if not (args.watch > 0 and args.watch < 86_400):
+        raise HpstudyError(f"--watch: seconds between 0 and 86400 (got {args.watch:g})")
+    with contextlib.suppress(KeyboardInterrupt):  # the study goes on; only watching stops
+        study.watch_status(args.dir, args.watch)
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from hpstudy import study
 
-    if args.study_command == "show":
-        config = study.load_study(args.study)
-        study.Plan(config, "full").validate()
-        print(study.describe(config))
-    elif args.study_command == "status":
-        print(study.status_text(args.dir))
+    inspect = {
+        "show": cmd_study_show,
+        "status": cmd_study_status,
+        "list": cmd_study_list,
+        "init": cmd_study_init,
+    }
+    if args.study_command in inspect:
+        inspect[args.study_command](args)
     else:
         if args.executor != "local" and (args.devices or args.runs_per_device is not None):
             raise HpstudyError("--devices and --runs-per-device are for --executor local")

@@ -48,27 +48,31 @@ class RunConfig(BaseModel):
     dataset: Literal["cifar100", "cifar10"] = Field(
         "cifar100", description="the dataset: cifar100, or cifar10 (no superclasses)"
     )
-    model: str = "mobilenet"
-    width: float = Field(1.0, gt=0, le=8)
+    model: str = Field("mobilenet", description="the network, one of the registered models")
+    width: float = Field(1.0, gt=0, le=8, description="width multiplier of every channel count")
     # optimisation (the report's fixed choices are the defaults)
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(15, ge=1, description="passes over the train split")
+    batch_size: int = Field(128, ge=1, description="training images per optimizer step")
     optimizer: Literal["sgd", "adamw"] = Field(
         "sgd", description="sgd, or adamw (decoupled weight decay; momentum is its beta1)"
     )
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
     lr_per_step: bool = Field(
         False, description="set the learning rate every step (warmup, cosine), not every epoch"
     )
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: int = Field(0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW: beta1)")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD only)")
+    weight_decay: float = Field(
+        0.0, ge=0, description="weight decay (SGD: L2 in the gradient; AdamW: decoupled)"
+    )
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate after warmup: held, or cosine-annealed to 0"
+    )
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warmup to the peak lr")
     # regularisation
-    mixup_alpha: float = Field(0.0, ge=0)
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(a, a) parameter; 0 is off")
     cutmix_alpha: float = Field(
-        0.0, ge=0, description="CutMix Beta(alpha, alpha) per batch; 0 is off"
+        0.0, ge=0, description="CutMix Beta(a, a) parameter, a box per batch; 0 is off"
     )
     mix_switch_prob: float = Field(
         0.5, ge=0, le=1, description="with mixup and CutMix both on: share of CutMix batches"
@@ -76,18 +80,24 @@ class RunConfig(BaseModel):
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="EMA of the weights, updated each step; 0 is off"
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the loss")
     # randomness and data
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    split_seed: int = Field(0, ge=0, le=MAX_SEED)
-    limit_train: int | None = Field(None, ge=1)
-    limit_val: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of weights, order and augmentation")
+    split_seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of the train/val split (0: the report's)"
+    )
+    limit_train: int | None = Field(None, ge=1, description="train on the first N train images")
+    limit_val: int | None = Field(None, ge=1, description="validate on the first N val images")
     # execution: auto picks the fastest measured choice for the device
-    device: str = "auto"
-    precision: Precision = "auto"
-    channels_last: bool | None = None
-    compile: bool | None = None
-    eval_batch_size: int | None = Field(None, ge=1)
+    device: str = Field("auto", description="auto, cpu or cuda[:i]")
+    precision: Precision = Field(
+        "auto", description="autocast precision; auto: fp32 on CPU, bf16 on CUDA"
+    )
+    channels_last: bool | None = Field(None, description="channels_last memory layout")
+    compile: bool | None = Field(None, description="torch.compile the model")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="evaluation batch; auto: 256 on CPU, 1024 on CUDA"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -48,13 +48,16 @@ def read_json(path: Path) -> Any:
         raise HpstudyError(f"{path}: not valid JSON ({first})") from None
 
 
-def validation_message(err: ValidationError) -> str:
-    """Every bad field of a pydantic error on one line: `lr: must be > 0 (got -1); ...`."""
-    return errors_message(err.errors())
+def validation_message(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Every bad field of a pydantic error on one line: `lr: must be > 0 (got -1); ...`,
+    each followed by the field's description where `model` gives it one (one source for
+    `--help`, the README and these errors)."""
+    return errors_message(err.errors(), model)
 
 
-def errors_message(errors: list[Any]) -> str:
+def errors_message(errors: list[Any], model: type[BaseModel] | None = None) -> str:
     """`validation_message` of a pydantic error's `errors()`, perhaps with locations edited."""
+    fields = model.model_fields if model is not None else {}
     parts = []
     for e in errors:
         loc = ".".join(str(p) for p in e["loc"]) or "value"
@@ -66,6 +69,9 @@ def errors_message(errors: list[Any]) -> str:
         elif "input" in e and e["type"] != "missing":
             shown = repr(e["input"])
             msg = f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+        field = fields.get(str(e["loc"][0])) if e["loc"] else None
+        if field is not None and field.description:
+            msg = f"{msg} — {field.description}"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
@@ -77,7 +83,7 @@ def parse_model(model: type[Model], raw: Any, where: str) -> Model:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise HpstudyError(f"{where}: {validation_message(err)}") from None
+        raise HpstudyError(f"{where}: {validation_message(err, model)}") from None
 
 
 def read_model(path: Path, model: type[Model]) -> Model:

@@ -186,6 +186,11 @@ def default_root() -> Path:
     """$HPSTUDY_DATA, else the per-user cache, so every command finds one shared copy."""
     if env := os.environ.get("HPSTUDY_DATA"):
         return _expand(env, "HPSTUDY_DATA")
+    return default_cache()
+
+
+def default_cache() -> Path:
+    """The per-user cache folder of the data (without $HPSTUDY_DATA)."""
     if cache := os.environ.get("XDG_CACHE_HOME"):
         return _expand(Path(cache) / "hpstudy" / "data", "XDG_CACHE_HOME")
     try:
@@ -195,6 +200,20 @@ def default_root() -> Path:
             "no home folder for the data cache: set HPSTUDY_DATA or pass --root"
         ) from None
     return _expand(home / ".cache" / "hpstudy" / "data", "data cache")
+
+
+def where_to_point(layout: Layout | None = None) -> str:
+    """Every way to tell hpstudy where the data is, for errors about missing or wrong data."""
+    folder = FOLDER if layout is None else layout.folder
+    try:
+        cache: object = default_cache()
+    except HpstudyError:
+        cache = "~/.cache/hpstudy/data"
+    return (
+        f"point at a folder holding {folder}/ with --root DIR or $HPSTUDY_DATA, or put it in "
+        f"the default folder {cache}; a copy built by hand in the official layout also needs "
+        "--no-verify"
+    )
 
 
 def resolve_root(root: str | Path | None) -> Path:
@@ -293,7 +312,8 @@ def _fill(root: Path, verify: bool, layout: Layout) -> None:
         # a user-placed (or earlier) archive is reused rather than fetched again
         raise HpstudyError(
             f"{archive}: md5 {got} != expected {layout.archive_md5} "
-            "(delete it to download again, or use --no-verify)"
+            f"(delete it to download again, or use --no-verify for a copy built by hand); "
+            f"{where_to_point(layout)}"
         )
     try:
         _extract(archive, root, layout)
@@ -325,7 +345,9 @@ def _fetch(url: str, root: Path, archive: Path, verify: bool, layout: Layout) ->
         if total is not None and received != total:
             raise HpstudyError(f"download from {url} stopped at {received} of {total} bytes")
         if verify and (got := digest.hexdigest()) != layout.archive_md5:
-            raise HpstudyError(f"{url}: md5 {got} != expected {layout.archive_md5}")
+            raise HpstudyError(
+                f"{url}: md5 {got} != expected {layout.archive_md5}; {where_to_point(layout)}"
+            )
         tmp.chmod(0o644)  # mkstemp's 0600 would lock others out of a shared data folder
         os.replace(tmp, archive)
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
@@ -334,7 +356,7 @@ def _fetch(url: str, root: Path, archive: Path, verify: bool, layout: Layout) ->
         reason = e.reason if plain_url_error else e
         raise HpstudyError(
             f"cannot download {layout.title} from {url}: {_one_line(reason)}; "
-            f"put {layout.folder}/ under {root} or check the network"
+            f"no {layout.folder}/ under {root} to fall back on: {where_to_point(layout)}"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -592,7 +614,8 @@ def load_dataset(
             if (got := _md5(folder / name)) != want:
                 raise HpstudyError(
                     f"{folder / name}: md5 {got} != expected {want} "
-                    "(use --no-verify for a dataset you built yourself)"
+                    "(use --no-verify for a dataset you built yourself); "
+                    f"{where_to_point(layout)}"
                 )
     meta_path = folder / layout.meta_file
     meta = _read_dict(meta_path, layout.title)

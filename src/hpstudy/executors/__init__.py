@@ -46,7 +46,7 @@ class TrialRef:
 class Job:
     config: RunConfig
     run_dir: Path
-    label: str = ""  # for progress lines: "stage / setting / seed"
+    label: str = ""  # names the run in progress lines: "stage 2 schedule=cosine seed 0"
     trial: TrialRef | None = None
 
 
@@ -71,6 +71,9 @@ class DataOptions:
 
 
 class Executor(Protocol):
+    # True where jobs train in this process (their progress can be drawn live here)
+    in_process: bool
+
     def device_type(self) -> str:
         """cpu or cuda: where runs will execute, so their precision can be resolved."""
 
@@ -95,7 +98,12 @@ def run_job(job: Job, options: DataOptions, device: str | None = None) -> Summar
 
             on_epoch = trial_reporter(job.trial)
         return train(
-            config, job.run_dir, root=options.root, verify=options.verify, on_epoch=on_epoch
+            config,
+            job.run_dir,
+            root=options.root,
+            verify=options.verify,
+            on_epoch=on_epoch,
+            label=job.label or None,
         )
     except KeyboardInterrupt:
         raise

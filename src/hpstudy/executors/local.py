@@ -16,12 +16,14 @@ from multiprocessing.connection import wait
 from typing import Any, TypeVar
 
 from hpstudy.executors import DataOptions, Job, record_failure, run_job
+from hpstudy.progress import use_plain_lines
 from hpstudy.run import RunDir, resolve_device
 
 T = TypeVar("T")
 
 
 def worker_main(job: Job, options: DataOptions, device: str, threads: int) -> None:
+    use_plain_lines()  # workers share the terminal: no live display of their own
     if device == "cpu" or device.startswith("cpu"):
         import torch
 
@@ -39,6 +41,7 @@ class LocalExecutor:
         self.options = options
         self.workers = workers
         self.device = device
+        self.in_process = workers is None
 
     def device_type(self) -> str:
         return resolve_device(self.workers[0] if self.workers else self.device or "auto").type

@@ -71,6 +71,7 @@ class RayExecutor:
         self.options = DataOptions(root=root, verify=options.verify)
         self.address = address
         self.device = device
+        self.in_process = False  # runs train in Ray workers, whose lines Ray forwards
         self.cpus_per_run = cpus_per_run
         self.max_retries = max_retries
         self.task = task

@@ -110,6 +110,7 @@ class SlurmExecutor:
         root = None if data.root is None else os.path.abspath(Path(data.root).expanduser())
         self.data = DataOptions(root=root, verify=data.verify)  # jobs start elsewhere
         self.options = options
+        self.in_process = False  # runs train in SLURM jobs, whose output goes to their logs
         self.gpus = (
             options.gpus_per_job
             if options.gpus_per_job is not None

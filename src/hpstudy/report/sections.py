@@ -320,12 +320,25 @@ def title_blocks(study: Study) -> list[Block]:
         f"{BETTER[state.selection]} mean `{state.selection}` at the final epoch, on the "
         "validation split."
     ))  # fmt: skip
+    if state.budget in BUDGET_NOTES:
+        blocks.append(Para(BUDGET_NOTES[state.budget]))
     if state.budget != "full" and study_has_published(state):
         blocks.append(Para(
             f"Budget `{state.budget}` shortens runs and data: the published values in "
             "brackets are from the full study, a reference rather than a target."
         ))  # fmt: skip
     return blocks
+
+
+# what a cheaper budget's numbers can and cannot say
+BUDGET_NOTES = {
+    "smoke": "Budget `smoke` checks the plumbing, not the results: every run and every step of "
+    "the study is exercised on a few thousand images for one or two epochs, so its numbers "
+    "say that the study runs end to end, not which setting is better.",
+    "quick": "Budget `quick` trains on a subset of the images for a fraction of the epochs, so "
+    "every healthy run ends well above chance but far below the full study: its winners are "
+    "a first hint, not the full study's answer.",
+}
 
 
 def data_blocks(study: Study, numbers: FigureNumbers) -> list[Block]:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from hpstudy import __version__, augment
+from hpstudy import __version__, augment, progress
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.models import count_macs, count_parameters
@@ -165,6 +165,11 @@ class Trainer:
         self.model.train()
         steps = math.ceil(len(d.train_x) / config.batch_size)
         smoothing = config.label_smoothing
+        seen = 0
+
+        def running_loss() -> str:  # read (a sync on a GPU) only when the bar is drawn
+            return f"loss {loss_sum.item() / max(seen, 1):.3f}"
+
         with bar(f"epoch {epoch + 1}/{config.epochs}", steps, show) as advance:
             for step, b in enumerate(batches(d, config, ex, epoch)):
                 if config.lr_per_step:
@@ -189,9 +194,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 loss_sum += loss.detach().double() * len(b.y)
-                # reading the loss syncs with the device: only now and then, for the eye
-                info = (lambda loss=loss: f"loss {loss.item():.3f}") if step % 50 == 0 else None
-                advance(1, info)
+                seen += len(b.y)
+                advance(1, running_loss)
         return loss_sum.item() / len(d.train_x), hits.item() / len(d.train_x)
 
     def evaluate(self, d: DeviceData, model: nn.Module | None = None) -> dict[str, Any]:
@@ -252,12 +256,15 @@ def train(
     verify: bool = True,
     show_progress: bool | None = None,
     on_epoch: EpochHook | None = None,
+    label: str | None = None,
 ) -> Summary:
     """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary.
 
     `on_epoch(epoch, row)` runs after every epoch, before its checkpoint (and again for
     the checkpoint's epoch on resume, so a kill between the two loses no decision); when
-    it returns True before the last epoch the run stops, recorded as pruned."""
+    it returns True before the last epoch the run stops, recorded as pruned. `label` names
+    the run in its epoch lines (a study's `stage 2 schedule=cosine seed 0`); without one,
+    the run folder's name does."""
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     run = RunDir(run_dir)
@@ -271,11 +278,15 @@ def train(
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows, ema=trainer.ema is not None)
+    label = label or run.name
+    progress.run_started(label)
     if on_epoch is not None and 0 < start_epoch < config.epochs and on_epoch(start_epoch, rows[-1]):
         return pruned(run, trainer, rows, start_epoch)
     events = EventLog(run.path, start_epoch)
     try:
-        return train_epochs(run, trainer, d, rows, start_epoch, events, show_progress, on_epoch)
+        return train_epochs(
+            run, trainer, d, rows, start_epoch, events, show_progress, on_epoch, label
+        )
     finally:
         events.close()
 
@@ -289,6 +300,7 @@ def train_epochs(
     events: EventLog,
     show_progress: bool | None,
     on_epoch: EpochHook | None = None,
+    label: str = "",
 ) -> Summary:
     """The epochs from `start_epoch` on: train, validate, checkpoint, log; the run's Summary."""
     config, ex = trainer.config, trainer.ex
@@ -300,11 +312,11 @@ def train_epochs(
         ex.sync()
         train_seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and math.isfinite(train_acc)):
-            log(f"[red]{run.name}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
+            log(f"[red]{label}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
             return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         val = trainer.evaluate(d)
         if not (math.isfinite(val["loss"]) and math.isfinite(val["top1"])):
-            log(f"[red]{run.name}: val loss is {val['loss']} at epoch {epoch + 1}: diverged[/red]")
+            log(f"[red]{label}: val loss is {val['loss']} at epoch {epoch + 1}: diverged[/red]")
             return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         row = {
             "epoch": epoch + 1,
@@ -336,17 +348,24 @@ def train_epochs(
         )
         run.write_metrics(rows)
         events.write(row)
-        log(
-            f"{run.name} epoch {epoch + 1}/{config.epochs} lr {lr:.4g} "
-            f"train {train_loss:.4f}/{train_acc:.3f} val {val['loss']:.4f}/{val['top1']:.3f} "
-            f"({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)"
-        )
+        progress.epoch_finished(epoch_line(label, row, config.epochs), row["seconds"])
         if stop:
             return pruned(run, trainer, rows, epoch + 1)
     if val is None:  # resumed after its final epoch: the same weights give the same outcomes
         val = trainer.evaluate(d)
     run.write_val_predictions(val["predictions"], val["losses"])
     return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
+
+
+def epoch_line(label: str, row: MetricRow, epochs: int) -> str:
+    """`stage 2 schedule=cosine seed 0 · epoch 3/30 · train loss 2.41 acc 0.38 · val loss 2.50
+    acc 0.36 · 412 img/s`: what an epoch leaves behind, every number labelled."""
+    return (
+        f"{label} · epoch {int(row['epoch'])}/{epochs} · lr {row['lr']:.4g} · "
+        f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} · "
+        f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} · "
+        f"{row['images_per_s']:.0f} img/s · {row['seconds']:.1f} s"
+    )
 
 
 def pruned(run: RunDir, trainer: Trainer, rows: list[MetricRow], epoch: int) -> Summary:
@@ -357,6 +376,7 @@ def pruned(run: RunDir, trainer: Trainer, rows: list[MetricRow], epoch: int) -> 
 def finish(
     run: RunDir, trainer: Trainer, rows: list[MetricRow], status: RunStatus, epochs_done: int
 ) -> Summary:
+    progress.run_finished()
     ex = trainer.ex
     summary = Summary(
         status=status,

@@ -65,6 +65,23 @@ def check_free(folder: Path) -> None:
         os.close(fd)
 
 
+def is_held(folder: Path) -> bool:
+    """Whether a `study run` holds `folder`'s lock now (a probe: takes and drops it at once)."""
+    try:
+        fd = os.open(lock_path(folder), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without locks: nobody can be said to hold it
+        return False
+    finally:
+        os.close(fd)  # releases the probe's lock
+    return False
+
+
 def take(fd: int, folder: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

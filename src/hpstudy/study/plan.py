@@ -18,21 +18,46 @@ from hpstudy.files import parse_model
 from hpstudy.study.search import corners, draw_random, label_of
 from hpstudy.study.spec import AnyStage, GridStage, OptunaStage, RandomStage, Stage, StudyConfig
 
-BUDGETS = ("full", "short", "smoke")
+# from the most to the least epochs; each budget is one rule for any study
+BUDGETS = ("full", "short", "quick", "smoke")
 EPOCH_DIVISORS = {"full": 1, "short": 10, "smoke": 150}
-SMOKE_LIMITS = {"limit_train": 2048, "limit_val": 512}
+# quick keeps a stage's epochs growing with the study's, but barely (15 -> 3, 300 -> 4):
+# measured on a 2-core CPU (README), a 15-epoch stage at lr 0.01 needs about 40,000
+# training images to end at 5x chance, and the long stages, at their winners' rate, no
+# more; more epochs there would only cost time
+BUDGET_LIMITS = {
+    "quick": {"limit_train": 15_000, "limit_val": 5_000},
+    "smoke": {"limit_train": 2048, "limit_val": 512},
+}
+SMOKE_LIMITS = BUDGET_LIMITS["smoke"]
 # beyond this many combinations of earlier winners, each is checked on its own
 MAX_WINNER_COMBINATIONS = 4096
 
 
 def budget_epochs(epochs: int, budget: str) -> int:
-    """full: as written; short: /10; smoke: /150 (15 -> 1, 300 -> 2); rounding half up."""
+    """full: as written; short: /10; smoke: /150 (15 -> 1, 300 -> 2); rounding half up;
+    quick: ceil(log10(epochs)) + 1, at most epochs (15 -> 3, 300 -> 4)."""
+    if budget == "quick":
+        return min(epochs, len(str(epochs - 1)) + 1) if epochs > 1 else 1
     return max(1, math.floor(epochs / EPOCH_DIVISORS[budget] + 0.5))
 
 
-def budget_warmup(warmup: int, budget: str) -> int:
-    """Warmup shrinks with the epochs (rounding half up, possibly to none)."""
-    return math.floor(warmup / EPOCH_DIVISORS[budget] + 0.5)
+def budget_warmup(warmup: int, epochs: int, budget: str) -> int:
+    """Warmup shrinks with the stage's `epochs` (rounding half up, possibly to none): by the
+    budget's divisor, or for quick by the ratio of its epochs; and stays shorter than them."""
+    shrunk = budget_epochs(epochs, budget)
+    if budget == "quick":
+        scaled = math.floor(warmup * shrunk / epochs + 0.5)
+    else:
+        scaled = math.floor(warmup / EPOCH_DIVISORS[budget] + 0.5)
+    return max(0, min(scaled, shrunk - 1))
+
+
+def is_count(value: Any) -> bool:
+    """A whole number >= 0, written as an int or a float (TOML's 3.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value >= 0 and value == int(value)
 
 
 @dataclass(frozen=True)
@@ -60,11 +85,12 @@ class Plan:
         from the winners so far."""
         study, stage = self.study, self.study.stages[k]
         values = {**study.base, **winners, **stage.overrides, **stage.assignment(value)}
-        if self.budget == "smoke":
-            for key, limit in SMOKE_LIMITS.items():
-                values[key] = min(limit, values.get(key) or limit)
+        for key, limit in BUDGET_LIMITS.get(self.budget, {}).items():
+            values[key] = min(limit, values.get(key) or limit)
         if self.budget != "full" and "warmup_epochs" in values:
-            values["warmup_epochs"] = budget_warmup(int(values["warmup_epochs"]), self.budget)
+            warmup = values["warmup_epochs"]
+            if is_count(warmup):  # anything else is RunConfig's to refuse in its own words
+                values["warmup_epochs"] = budget_warmup(int(warmup), stage.epochs, self.budget)
         values.update(epochs=budget_epochs(stage.epochs, self.budget), seed=seed)
         if study.split_follows_seed:
             values["split_seed"] = seed

@@ -20,14 +20,23 @@ from rich.markup import escape
 from hpstudy import __version__, data
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Executor, Job, SlurmOptions, make_executor
-from hpstudy.files import parse_model
-from hpstudy.progress import log
+from hpstudy.progress import StudyDisplay, duration, log, show_progress, study_display, watch
 from hpstudy.run import RunDir, RunStatus, evaluate, image_outcomes, load_data
 from hpstudy.study.compare import accuracy_interval
+from hpstudy.study.cost import (
+    StudyCost,
+    budget_costs,
+    cost_block,
+    epochs_in,
+    folder_progress,
+    measure_speed,
+    study_cost,
+)
+from hpstudy.study.lock import is_held
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.search import OptunaSearch, needs_training
 from hpstudy.study.select import SeedOutcomes, judge, select, summarise
-from hpstudy.study.spec import StudyConfig, load_study
+from hpstudy.study.spec import Stage, StudyConfig, format_value, load_study, validate_study
 from hpstudy.study.state import (
     METRICS,
     DataSummary,
@@ -85,7 +94,7 @@ def with_options(
         raw["seeds"] = seeds
     if split_follows_seed is not None:
         raw["split_follows_seed"] = split_follows_seed
-    changed = parse_model(StudyConfig, raw, f"{study.source} with the command line's options")
+    changed = validate_study(raw, f"{study.source} with the command line's options")
     changed._source = study.source
     return changed
 
@@ -201,6 +210,7 @@ def run_study(
         split_seed = study.seeds[0] if study.split_follows_seed else base.split_seed
         # with split_follows_seed the data section describes the first seed's split
         summary = runner.call(data_summary, options, split_seed, base.dataset)
+        cost = announce_cost(folder, plan, summary, runner)
         # the folder is made only once the data is there (no half-claimed folder), and
         # written by this process alone from study.json to the report
         with folder.lock():
@@ -220,7 +230,17 @@ def run_study(
                 follow=follow,
                 until_decided=until_decided,
             )
-            run_stages(folder, plan, state, runner, options)
+            with study_display(
+                StudyDisplay(
+                    cost.runs,
+                    cost.epochs,
+                    cost.done_runs,
+                    cost.done_epochs,
+                    cost.seconds / max(1, cost.epochs - cost.done_epochs) if cost.seconds else None,
+                    live=runner.in_process,
+                )
+            ):
+                run_stages(folder, plan, state, runner, options)
             state.final = final_evaluation(folder, state, runner, options)
             state.environment = {**runner.call(environment), "device": state.final.device}
             failed = state.failed_runs()
@@ -240,6 +260,20 @@ def run_study(
         )
     log(report_line(folder))
     return state
+
+
+def announce_cost(
+    folder: StudyFolder, plan: Plan, summary: dict[str, Any], runner: Executor
+) -> StudyCost:
+    """Before anything trains: what the study costs here, and what cheaper budgets would.
+    The speed is measured where the runs run (a few steps; cached per device and model)."""
+    speed = runner.call(measure_speed, plan.config_for_base())
+    sizes = (summary["train_size"], summary["val_size"], summary["test_size"])
+    cost = study_cost(plan, *sizes, speed, epochs_done=lambda config: epochs_in(folder, config))
+    cheaper = budget_costs(plan, *sizes, speed)
+    for line in cost_block(plan.study.name, cost, cheaper, speed):
+        log(line)
+    return cost
 
 
 def conclude(folder: StudyFolder, state: StudyState, write_report: Callable[[Path], Path]) -> None:
@@ -349,6 +383,8 @@ def run_stage(
             f"{runs} runs, {len(jobs)} to train"
         )
         runner.run(jobs)
+        if not runner.in_process and (p := folder_progress(folder, state)) is not None:
+            show_progress(p.runs_done, p.epochs_done)  # runs trained elsewhere: counted here
         refresh(folder, state)
         state.stages[k] = chosen = judged(folder, state.stages[k], study, runner, options)
         folder.write_state(state)
@@ -486,7 +522,12 @@ def expand_stage(
         )
         if run_hash not in queued and needs_training(RunDir(run_dir).status(), reused):
             queued.add(run_hash)
-            label = f"{stage.name} / {planned.label} / seed {planned.seed}"
+            setting = (
+                f"{stage.field}={format_value(planned.value)}"
+                if isinstance(stage, Stage)
+                else planned.label  # a search stage's label names every field
+            )
+            label = f"stage {k + 1} {setting} seed {planned.seed}"
             jobs.append(Job(planned.config, run_dir, label))
     published = getattr(stage, "published", {})
     settings = [
@@ -617,7 +658,32 @@ def status_text(out: str | Path) -> str:
         t = state.final.test_top1
         spread = f" ± {t.std:.4f} (n={t.n})" if t.n > 1 else ""
         lines.append(f"final test top-1 {t.mean:.4f}{spread}")
+    if state.status != "finished" and (p := folder_progress(folder, state)) is not None:
+        left = p.seconds_left
+        when = "unknown until an epoch is measured" if left is None else duration(left)
+        lines.append(
+            f"done: {p.runs_done}/{p.runs} runs, {p.epochs_done:,}/{p.epochs:,} epochs; "
+            f"time left at the measured speed: {when}"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["BUDGETS", "FOLLOW", "default_out", "parse_seeds", "run_study", "status_text"]
+def watch_status(out: str | Path, seconds: float) -> None:
+    """`status_text` every `seconds` until the study is no longer running: it ended, or no
+    `study run` holds its folder any more (stopped: the same command resumes it)."""
+
+    def ended() -> bool:
+        return StudyFolder(out).read_state().status != "running" or not is_held(Path(out))
+
+    watch(lambda: status_text(out), ended, seconds)
+
+
+__all__ = [
+    "BUDGETS",
+    "FOLLOW",
+    "default_out",
+    "parse_seeds",
+    "run_study",
+    "status_text",
+    "watch_status",
+]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tomllib
 import unicodedata
 from importlib import resources
@@ -430,7 +431,7 @@ class StudyConfig(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def parse_study(raw: dict[str, Any], where: str) -> StudyConfig:
+def validate_study(raw: dict[str, Any], where: str) -> StudyConfig:
     """`raw` as a StudyConfig, or one HpstudyError; a stage's errors are located as the file
     writes them (`stages.0.field`), without the stage kind pydantic adds to the location."""
     try:
@@ -476,26 +477,34 @@ def builtin_names() -> list[str]:
     )
 
 
-def load_study(spec: str | Path) -> StudyConfig:
-    """A TOML file, or the name of a built-in study; every problem is one HpstudyError."""
+def study_text(spec: str | Path) -> tuple[str, str]:
+    """The source text of a TOML file or a built-in study, and where it came from."""
     path = Path(spec)
     if str(spec) in builtin_names() and not path.exists():
         where = f"{spec} (built-in)"
-        text = (resources.files("hpstudy") / "studies" / f"{spec}.toml").read_bytes()
+        raw = (resources.files("hpstudy") / "studies" / f"{spec}.toml").read_bytes()
     elif path.is_file():
         where = str(path)
         try:
-            text = path.read_bytes()
+            raw = path.read_bytes()
         except OSError as err:
             raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
     else:
         known = ", ".join(builtin_names())
         raise HpstudyError(f"{spec}: no such study file or built-in study (built-ins: {known})")
     try:
-        raw = tomllib.loads(text.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        return raw.decode("utf-8"), where
+    except UnicodeDecodeError as err:
         raise HpstudyError(f"{where}: not valid TOML ({err})") from None
-    study = parse_study(raw, where)
+
+
+def parse_study(text: str, where: str) -> StudyConfig:
+    """A study file's text as a StudyConfig; every problem is one HpstudyError naming `where`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise HpstudyError(f"{where}: not valid TOML ({err})") from None
+    study = validate_study(raw, where)
     study._source = where
     for k, stage in enumerate(study.stages):
         if stage.kind == "optuna":
@@ -507,6 +516,66 @@ def load_study(spec: str | Path) -> StudyConfig:
                     "Optuna: pip install 'hpstudy[optuna]'"
                 ) from None
     return study
+
+
+def load_study(spec: str | Path) -> StudyConfig:
+    """A TOML file, or the name of a built-in study; every problem is one HpstudyError."""
+    return parse_study(*study_text(spec))
+
+
+STARTER = """\
+# A study: each stage varies one RunConfig field (see `hpstudy train --help` for every
+# field and what it means); every later stage starts from the winners before it.
+# Run it with `hpstudy study run FILE`; try `--budget smoke` first (minutes on a CPU).
+
+name = "NAME"
+description = "what this study asks, in one line"
+seeds = [0]                 # several seeds: tables show mean ± std, winners by the mean
+selection = "val_acc"       # or "val_loss": final-epoch validation metric, mean over seeds
+
+[base]                      # fields every run shares; the rest keep their defaults
+model = "mobilenet"
+width = 1.0
+schedule = "constant"
+
+[[stages]]
+name = "learning rate"
+field = "lr"                # the RunConfig field this stage varies
+values = [0.01, 0.05, 0.5]
+epochs = 15
+# labels = ["low", "mid", "high"]   # how the report names the values
+# overrides = { weight_decay = 5e-4 }  # other fields fixed for this stage only
+
+[[stages]]
+name = "schedule"
+field = "schedule"
+values = ["constant", "cosine"]
+epochs = 30
+
+[final]
+split = "test"              # the last stage's winner is evaluated once on test
+"""
+
+
+def starter_text(name: str, source: str | None = None) -> str:
+    """A commented study file named `name` to start from: the starter, or a copy of the
+    study `source` (a built-in name or a file) with its name changed; checked to load."""
+    if source is None:
+        text = STARTER.replace('name = "NAME"', f"name = {json.dumps(name)}", 1)
+    else:
+        text, where = study_text(source)
+        parse_study(text, where)  # a broken source is its own error, not the copy's
+        # the study's own name: before the first table (stages have names too)
+        first_table = re.search(r"^\s*\[", text, re.MULTILINE)
+        head_end = first_table.start() if first_table else len(text)
+        line = re.compile(r'^name\s*=\s*("[^"\n]*"|\'[^\'\n]*\')', re.MULTILINE)
+        found = line.search(text, 0, head_end)
+        if found is None:
+            raise HpstudyError(f"{where}: no `name = ...` line of its own to rename")
+        text = f"{text[: found.start(1)]}{json.dumps(name)}{text[found.end(1) :]}"
+    if parse_study(text, f"study {name!r}").name != name:
+        raise HpstudyError(f"{source}: its `name = ...` line could not be renamed; copy it by hand")
+    return text
 
 
 def describe(study: StudyConfig) -> str:
