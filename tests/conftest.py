@@ -22,6 +22,16 @@ def _offline(monkeypatch: pytest.MonkeyPatch, speed_cache: Path) -> None:
     monkeypatch.setenv("HPSTUDY_CACHE", str(speed_cache))
 
 
+@pytest.fixture(autouse=True)
+def _study_export(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study exports its final model at the end (about 3 s even for a tiny model: ONNX
+    tracing, ONNX Runtime, timings). The tests of that step are marked `study_export`; the
+    other in-process studies (some 40 of them) leave it out to keep the suite fast. Studies
+    run through the CLI in a subprocess still export."""
+    if request.node.get_closest_marker("study_export") is None:
+        monkeypatch.setattr("hpstudy.study.runner.export_final", lambda *args: None)
+
+
 @pytest.fixture(scope="session")
 def speed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")

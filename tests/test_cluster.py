@@ -132,9 +132,9 @@ def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
     )
     assert_same(sequential, outcome(out))
     logs = list((out / "slurm").glob("*_log.err"))
-    # data summary, two runs, the stage's per-image comparison, test evaluation, test
-    # outcomes (the interval), the export, environment
-    assert len(logs) == 8
+    # data summary, the speed measured for the cost block, two runs, the stage's per-image
+    # comparison, test evaluation, test outcomes (the interval), the export, environment
+    assert len(logs) == 9
 
 
 def test_slurm_pulls_jobs_as_slots_free_and_records_a_failed_job(tmp_path: Path) -> None:

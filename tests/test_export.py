@@ -200,6 +200,7 @@ epochs = 1
 """
 
 
+@pytest.mark.study_export
 def test_a_study_ships_its_final_model_and_reports_it(
     synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -225,6 +226,7 @@ def test_a_study_ships_its_final_model_and_reports_it(
     assert final_run.export_path.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.study_export
 def test_a_study_without_the_extra_says_so_in_one_line_and_finishes(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

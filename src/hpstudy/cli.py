@@ -165,10 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = data_p.add_parser("download", help="fetch and verify the official archive")
     add_data_options(p)
-    p.add_argument("--dataset", choices=("cifar100", "cifar10"), default="cifar100")
+    p.add_argument(
+        "--dataset",
+        choices=("cifar100", "cifar10"),
+        default="cifar100",
+        help="which archive (default: cifar100)",
+    )
     p = data_p.add_parser("info", help="split sizes, channel stats, class balance")
     add_data_options(p)
-    p.add_argument("--dataset", choices=("cifar100", "cifar10"), default="cifar100")
+    p.add_argument(
+        "--dataset",
+        choices=("cifar100", "cifar10"),
+        default="cifar100",
+        help="which archive (default: cifar100)",
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed (0 is the report's)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 

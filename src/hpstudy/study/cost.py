@@ -27,7 +27,7 @@ from hpstudy.errors import HpstudyError
 from hpstudy.files import read_json, write_json
 from hpstudy.progress import duration
 from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_name
-from hpstudy.study.plan import BUDGETS, Plan
+from hpstudy.study.plan import BUDGETS, Plan, stand_ins
 from hpstudy.study.spec import Stage, StudyConfig
 from hpstudy.study.state import StudyFolder, StudyState
 
@@ -89,7 +89,7 @@ def study_cost(
     of the prediction (with the final test evaluation of each seed)."""
     study = plan.study
     runs = plan.distinct_runs()
-    planned = len(study.seeds) * sum(len(stage.values) for stage in study.stages)
+    planned = len(study.seeds) * sum(len(stand_ins(stage)) for stage in study.stages)
     done = [min(epochs_done(r), r.epochs) if epochs_done else 0 for r in runs]
     seconds = None
     if speed is not None:

@@ -168,7 +168,8 @@ def run_study(
     if until_decided is not None and not 1 <= until_decided <= MAX_SEEDS:
         raise HpstudyError(f"--until-decided: must be 1..{MAX_SEEDS} seeds (got {until_decided})")
     study = with_options(load_study(spec), seeds, split_follows_seed)
-    if follow == "published" and not any(s.published_winner for s in study.stages):
+    published = [getattr(s, "published_winner", None) for s in study.stages]
+    if follow == "published" and not any(published):
         raise HpstudyError(
             f"{study.source}: --follow published needs published winners (published_winner), "
             "and no stage names one"
