@@ -112,6 +112,21 @@ def run_job(job: Job, options: DataOptions, device: str | None = None) -> Summar
         return record_failure(job, message, traceback.format_exc())
 
 
+def describe(summary: Summary) -> str:
+    """A finished job's outcome in a few words, for the executors' progress lines."""
+    if summary.final is not None:
+        return f"{summary.status}, val_acc {summary.final['val_acc']:.4f}"
+    if summary.error:
+        return f"{summary.status} ({summary.error})"
+    return str(summary.status)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's type and first line: a remote failure's traceback in one line."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def record_failure(job: Job, message: str, details: str = "") -> Summary:
     summary = RunDir(job.run_dir).record_failure(job.config.run_hash(), message, details)
     log(f"[red]{job.label or job.run_dir.name}: failed: {message}[/red]")

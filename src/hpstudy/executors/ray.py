@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Job, record_failure, run_job
+from hpstudy.executors import DataOptions, Job, describe, first_line, record_failure, run_job
 from hpstudy.progress import log
 from hpstudy.run import Summary
 
@@ -199,15 +199,3 @@ class RayExecutor:
                 continue
             log(f"ray: {done_count} done, {name}: {describe(summary)}")
 
-
-def describe(summary: Summary) -> str:
-    if summary.final is not None:
-        return f"{summary.status}, val_acc {summary.final['val_acc']:.4f}"
-    if summary.error:
-        return f"{summary.status} ({summary.error})"
-    return str(summary.status)
-
-
-def first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Job, SlurmOptions, record_failure, run_job
+from hpstudy.executors import (
+    DataOptions,
+    Job,
+    SlurmOptions,
+    describe,
+    first_line,
+    record_failure,
+    run_job,
+)
 from hpstudy.progress import log
 from hpstudy.run import Summary
 
@@ -224,15 +232,3 @@ def job_error(job: Any, err: BaseException) -> str:
     where = f" (log: {paths.stderr})" if paths is not None else ""
     return f"slurm job {job.job_id} failed: {last[:300]}{where}"
 
-
-def describe(summary: Summary) -> str:
-    if summary.final is not None:
-        return f"{summary.status}, val_acc {summary.final['val_acc']:.4f}"
-    if summary.error:
-        return f"{summary.status} ({summary.error})"
-    return str(summary.status)
-
-
-def first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
