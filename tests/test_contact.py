@@ -13,6 +13,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -420,3 +421,25 @@ def test_study_help_names_every_study_command(capsys: pytest.CaptureFixture[str]
     assert all(word in out for word in ("list", "init", "show", "status", "run"))
     with pytest.raises(HpstudyError):
         starter_text("x", "nosuch-study")
+
+
+def test_a_reader_that_goes_away_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`hpstudy study list | head -1`: the closed pipe is no error worth a line."""
+    sink = open(tmp_path / "sink", "w")  # noqa: SIM115 - main points its fd at devnull
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+        def fileno(self) -> int:
+            return sink.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["study", "list"]) == 1
+    sink.close()
+    assert capsys.readouterr().err == ""

@@ -527,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpstudyError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`| head`): nothing is left to say
+        # Python's advice: point stdout at devnull so the flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as err:  # the environment: a full disk, a folder we may not write
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{one_line(err.strerror or str(err))}", file=sys.stderr)
