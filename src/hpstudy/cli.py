@@ -155,7 +155,7 @@ def slurm_options(args: argparse.Namespace) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hpstudy.study.plan import BUDGETS
+    from hpstudy.study.budget import BUDGETS
 
     parser = Parser(prog="hpstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,10 +350,11 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from hpstudy.config import RunConfig, make_run_config
-    from hpstudy.run import train
 
     values = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k) is not None}
-    config = make_run_config(values, "train options")
+    config = make_run_config(values, "train options")  # a bad option fails before torch loads
+    from hpstudy.run import train
+
     summary = train(config, args.out, root=args.root, verify=args.verify)
     if summary.final is not None:
         print(
@@ -470,6 +471,10 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.study_command in inspect:
         inspect[args.study_command](args)
     else:
+        # a study file that does not load fails before the runner (and torch) is imported
+        from hpstudy.study.spec import load_study
+
+        load_study(args.study)
         if args.executor != "local" and (args.devices or args.runs_per_device is not None):
             raise HpstudyError("--devices and --runs-per-device are for --executor local")
         devices = None

@@ -1,9 +1,10 @@
 """The image classifiers, built by name through one registry: MobileNet, MobileNetV2, ResNet-18.
 
-Importing the package registers every model; `hpstudy.models.registry` holds the registry itself.
+`hpstudy.models.registry` holds the registry; a built-in model's module (mobilenet,
+mobilenetv2, resnet) is imported when that model is first built, so importing the package
+imports no torch.
 """
 
-from hpstudy.models import mobilenet, mobilenetv2, resnet
 from hpstudy.models.registry import (
     ModelFn,
     count_macs,
@@ -20,9 +21,6 @@ __all__ = [
     "count_parameters",
     "create_model",
     "list_models",
-    "mobilenet",
-    "mobilenetv2",
     "register_model",
-    "resnet",
     "scaled",
 ]

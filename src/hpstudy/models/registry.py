@@ -1,21 +1,30 @@
 """Model registry (timm-style): build any model by name, with a class count and a width; size it.
 
-A leaf module: the model files import it to register themselves, and it imports no model.
+A leaf module: the model files import it to register themselves, and it imports no model
+until one is built. The built-in names are known without importing their modules (or
+torch), so listing models costs nothing: `hpstudy --help` names them.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from typing import TYPE_CHECKING
 
 from hpstudy.constants import NUM_CLASSES
 from hpstudy.errors import HpstudyError
 
-ModelFn = Callable[[int, float], nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+
+ModelFn = Callable[[int, float], "nn.Module"]
 _MODELS: dict[str, ModelFn] = {}
+# the built-in models: name -> the module that registers it, imported when first built
+BUILTIN = {
+    "mobilenet": "hpstudy.models.mobilenet",
+    "mobilenetv2": "hpstudy.models.mobilenetv2",
+    "resnet18": "hpstudy.models.resnet",
+}
 
 
 def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
@@ -32,6 +41,8 @@ def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
 
 def create_model(name: str, num_classes: int = NUM_CLASSES, width: float = 1.0) -> nn.Module:
     """A fresh, randomly initialised model `name` with `num_classes` outputs at `width`."""
+    if name not in _MODELS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
     if name not in _MODELS:
         raise HpstudyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if not width > 0:  # also rejects NaN
@@ -42,8 +53,8 @@ def create_model(name: str, num_classes: int = NUM_CLASSES, width: float = 1.0) 
 
 
 def list_models() -> list[str]:
-    """The registered model names, sorted."""
-    return sorted(_MODELS)
+    """The registered model names (the built-ins whether imported yet or not), sorted."""
+    return sorted(set(_MODELS) | set(BUILTIN))
 
 
 def scaled(channels: int, width: float) -> int:
@@ -63,6 +74,9 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> i
     convolutions (depthwise ones by their groups) at 2 flops per multiply-add, and
     ignores biases, BN, activations, pooling and additions.
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32

@@ -1,58 +1,56 @@
 """A study as data: the study file, the plan (one expansion), the typed state, selection, runner.
 
-The names below are the public API.
+The names below are the public API. They are imported on first use (PEP 562), so that
+`import hpstudy.study.budget` or the command line's parser does not import torch.
 """
 
-from hpstudy.study.cost import (
-    Speed,
-    StudyCost,
-    budget_costs,
-    cost_block,
-    epoch_images,
-    epoch_seconds,
-    measure_speed,
-    study_cost,
-)
-from hpstudy.study.plan import BUDGETS, Plan, budget_epochs
-from hpstudy.study.runner import default_out, parse_seeds, run_study, status_text, watch_status
-from hpstudy.study.select import select, summarise
-from hpstudy.study.spec import (
-    StudyConfig,
-    builtin_names,
-    describe,
-    load_study,
-    parse_study,
-    starter_text,
-    study_text,
-)
-from hpstudy.study.state import StudyFolder, StudyState
+from __future__ import annotations
 
-__all__ = [
-    "BUDGETS",
-    "Plan",
-    "Speed",
-    "StudyConfig",
-    "StudyCost",
-    "StudyFolder",
-    "StudyState",
-    "budget_costs",
-    "budget_epochs",
-    "builtin_names",
-    "cost_block",
-    "default_out",
-    "describe",
-    "epoch_images",
-    "epoch_seconds",
-    "load_study",
-    "measure_speed",
-    "parse_seeds",
-    "parse_study",
-    "run_study",
-    "select",
-    "starter_text",
-    "status_text",
-    "study_cost",
-    "study_text",
-    "summarise",
-    "watch_status",
-]
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_WHERE = {
+    "Speed": "cost",
+    "StudyCost": "cost",
+    "budget_costs": "cost",
+    "cost_block": "cost",
+    "epoch_images": "cost",
+    "epoch_seconds": "cost",
+    "measure_speed": "cost",
+    "study_cost": "cost",
+    "BUDGETS": "budget",
+    "budget_epochs": "budget",
+    "Plan": "plan",
+    "default_out": "runner",
+    "parse_seeds": "runner",
+    "run_study": "runner",
+    "status_text": "runner",
+    "watch_status": "runner",
+    "select": "select",
+    "summarise": "select",
+    "StudyConfig": "spec",
+    "builtin_names": "spec",
+    "describe": "spec",
+    "load_study": "spec",
+    "parse_study": "spec",
+    "starter_text": "spec",
+    "study_text": "spec",
+    "StudyFolder": "state",
+    "StudyState": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hpstudy.study' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hpstudy.study.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = sorted(_WHERE)

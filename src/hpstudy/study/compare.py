@@ -13,7 +13,9 @@ so a difference is taken image by image before anything is resampled.
   that the winner beats the setting on a new seed; Welch's t-test on the seed
   means sits beside it.
 
-The bootstrap uses a fixed generator seed and count, so a report repeats.
+The bootstrap uses a fixed generator seed and count, so a report repeats. scipy.stats is
+imported inside the functions that use it: it costs every process that imports this module
+(each `study run`, SLURM job and Ray task) over a second of start-up otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20210301  # fixed: the same outcomes give the same intervals every time
@@ -91,6 +92,8 @@ def percentile_interval(draws: np.ndarray) -> tuple[float, float]:
 
 def mcnemar(winner_right: np.ndarray, setting_right: np.ndarray) -> float:
     """Exact McNemar p-value (two-sided): a binomial test on the discordant images."""
+    from scipy import stats
+
     a = np.asarray(winner_right, dtype=bool)
     b = np.asarray(setting_right, dtype=bool)
     only_winner = int(np.count_nonzero(a & ~b))
@@ -117,6 +120,8 @@ def compare(
     """Winner minus setting over paired seeds (`winner[j]` and `setting[j]` are the same seed
     on the same images). `correctness`: outcomes are right/wrong (McNemar at one seed);
     else per-image losses. `lower_is_better` (losses) turns "beats" into "is lower"."""
+    from scipy import stats
+
     w, s = as_matrix(winner), as_matrix(setting)
     if w.shape != s.shape:
         raise ValueError(f"winner {w.shape} and setting {s.shape} are not paired")
@@ -153,6 +158,8 @@ def compare(
 
 def wilson(right: int, total: int) -> tuple[float, float]:
     """The Wilson 95 % interval of a proportion (scipy's binomtest)."""
+    from scipy import stats
+
     ci = stats.binomtest(right, total).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -172,6 +179,8 @@ def accuracy_interval(
 def seed_mean_interval(values: list[float]) -> tuple[float, float] | None:
     """The t-interval of the mean over seeds (seed noise only); None below two seeds or
     for values that do not vary (the interval would claim a certainty it has not earned)."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=np.float64)
     if x.size < 2 or not np.all(np.isfinite(x)) or np.ptp(x) == 0:
         return None
