@@ -52,7 +52,7 @@ seeds = [0]
 [base]
 width = 0.125
 batch_size = 64
-limit_train = 128
+limit_train = 64
 limit_val = 64
 device = "cpu"
 [[stages]]
@@ -159,7 +159,7 @@ def test_study_run_off_a_terminal_prints_plain_labelled_lines(
     first_stage = next(i for i, line in enumerate(lines) if line.startswith("stage 1/2"))
     block = "\n".join(lines[:first_stage])
     assert "contact (full): 4 runs to train, 6 epochs" in block
-    assert "128 train, 64 val" in block and "Ctrl-C" in block and "--budget smoke" in block
+    assert "64 train, 64 val" in block and "Ctrl-C" in block and "--budget smoke" in block
     epoch_lines = [line for line in lines if " · epoch " in line]
     assert len(epoch_lines) == 6
     pattern = (

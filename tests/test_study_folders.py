@@ -23,12 +23,13 @@ from hpstudy.run import RunDir, RunStatus
 from hpstudy.study import StudyFolder, default_out, load_study, run_study
 from hpstudy.study.lock import LOCK_NAME
 
+# one batch per epoch: these tests check folders, not what the runs learn
 BASE = """
 seeds = [0]
 [base]
 width = 0.125
 batch_size = 64
-limit_train = 128
+limit_train = 64
 limit_val = 64
 device = "cpu"
 """

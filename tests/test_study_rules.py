@@ -24,6 +24,7 @@ from hpstudy.executors.local import LocalExecutor
 from hpstudy.run import RunDir
 from hpstudy.study import Plan, load_study, run_study
 
+# one batch per epoch: these tests check the rules of a study, not what its runs learn
 HEAD = """
 name = "rules"
 description = "{description}"
@@ -31,7 +32,7 @@ seeds = {seeds}
 [base]
 width = 0.125
 batch_size = 64
-limit_train = 128
+limit_train = 64
 limit_val = 64
 device = "cpu"
 """
