@@ -12,13 +12,13 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 from cli_helpers import assert_one_line_error, run_hpstudy
+from study_fixtures import cli, run_lean
 
 from hpstudy import progress
 from hpstudy.cli import build_parser, main, option_table
@@ -52,7 +52,7 @@ seeds = [0]
 [base]
 width = 0.125
 batch_size = 64
-limit_train = 128
+limit_train = 64
 limit_val = 64
 device = "cpu"
 [[stages]]
@@ -66,14 +66,6 @@ field = "schedule"
 values = ["constant", "cosine"]
 epochs = 2
 """
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`hpstudy ARGS` in this process (no interpreter to start): its exit code and output."""
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["hpstudy", *args], code, out, err)
-
-
 SPEED = Speed("test device", train_images_per_s=100.0, eval_images_per_s=400.0,
               checkpoint_seconds=0.5)  # fmt: skip
 
@@ -150,13 +142,15 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
 
 
 def test_study_run_off_a_terminal_prints_plain_labelled_lines(
-    synthetic_root: Path, tmp_path: Path
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     study = tmp_path / "contact.toml"
     study.write_text(TWO_RUNS)
     out = tmp_path / "out"
     args = ["study", "run", str(study), "--root", str(synthetic_root), "--no-verify"]
-    result = run_hpstudy(*args, "--out", str(out))
+    # a process of its own: its stderr is a real pipe, what "off a terminal" means
+    # (figures and export left out: what it prints is the same)
+    result = run_lean(*args, "--out", str(out))
     assert result.returncode == 0, result.stderr
     err = result.stderr
     assert "\x1b" not in err and "\r" not in err
@@ -165,7 +159,7 @@ def test_study_run_off_a_terminal_prints_plain_labelled_lines(
     first_stage = next(i for i, line in enumerate(lines) if line.startswith("stage 1/2"))
     block = "\n".join(lines[:first_stage])
     assert "contact (full): 4 runs to train, 6 epochs" in block
-    assert "128 train, 64 val" in block and "Ctrl-C" in block and "--budget smoke" in block
+    assert "64 train, 64 val" in block and "Ctrl-C" in block and "--budget smoke" in block
     epoch_lines = [line for line in lines if " · epoch " in line]
     assert len(epoch_lines) == 6
     pattern = (
@@ -195,7 +189,7 @@ def test_study_run_off_a_terminal_prints_plain_labelled_lines(
     shutil.rmtree(out / last)
     status = status_text(out)
     assert re.search(r"done: 3/4 runs, 4/6 epochs; time left at the measured speed: \d+ s", status)
-    watched = run_hpstudy("study", "status", str(out), "--watch", "0.1", timeout=60)
+    watched = cli(capsys, "study", "status", str(out), "--watch", "0.1")
     assert watched.returncode == 0, watched.stderr  # nobody holds the folder: it ends
 
 

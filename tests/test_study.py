@@ -12,22 +12,25 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_line_error, run_hpstudy
+from cifar_archive import write_cifar100
+from cli_helpers import assert_one_line_error
+from study_fixtures import as_in_a_test, cli, isolated_env, run_lean
 
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
 from hpstudy.executors.local import LocalExecutor
 from hpstudy.study import Plan, budget_epochs, load_study, run_study, status_text
 
-# seed-report's shape (4 stages, stage 4 "none" = stage 3's winner) at a tiny width
+# seed-report's shape (4 stages, stage 4 "none" = stage 3's winner) at a tiny width, one
+# batch per epoch: the tests compare runs with each other, not with what they learn
 TINY_STUDY = """
 name = "tiny"
 seeds = [0, 1]
 [base]
 width = 0.125
 batch_size = 64
-limit_train = 256
-limit_val = 100
+limit_train = 64
+limit_val = 64
 device = "cpu"
 [[stages]]
 name = "learning rate"
@@ -48,6 +51,13 @@ epochs = 2
 """
 
 ONE_STAGE = '[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs=1'
+# the smoke study measures its speed (for the cost block it prints first) on one training
+# step and one evaluation batch, not five and two: at width 1.0 the default is more images
+# than its 13 epochs train on the smoke data, and no test here reads the cost block
+ONE_STEP_SPEED = """
+import hpstudy.study.cost
+hpstudy.study.cost.MEASURE["cpu"] = (1, 1, 1)
+"""
 
 
 def seed_report_args(root: Path, budget: str, out: Path) -> list[str]:
@@ -74,13 +84,31 @@ def stage_finals(out: Path) -> list[tuple[str, list[object]]]:
 
 
 @pytest.fixture(scope="module")
-def smoke_study(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built-in seed-report at the smoke budget, through the CLI, as a user runs it."""
+def smoke_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke study's data: 16 train, 4 val, 10 test images. Its tests check the study's
+    shape, files and bookkeeping, not what it learns, and each of its 13 epochs at width
+    1.0 costs in proportion to the images (the smoke budget caps them at 2048 and 512)."""
+    root = tmp_path_factory.mktemp("smoke-data")
+    write_cifar100(root, n_train=20, n_test=10, classes=10)
+    return root
+
+
+@pytest.fixture(scope="module")
+def smoke_study(smoke_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in seed-report at the smoke budget, through the CLI in a process of its
+    own, as a user runs it (the README's command), figures rendered. Left out: the final
+    model's export (test_export's study tests check that step, and at width 1.0 its latency
+    benchmark costs more than the whole smoke study's training), and most of the speed
+    measurement (ONE_STEP_SPEED)."""
     out = tmp_path_factory.mktemp("smoke") / "study"
-    result = run_hpstudy(
-        *seed_report_args(synthetic_root, "smoke", out),
+    result = run_lean(
+        *seed_report_args(smoke_root, "smoke", out),
         "--device",
         "cpu",
+        figures=True,
+        prelude=ONE_STEP_SPEED,
+        # conftest's _offline is not on yet; a cache of its own keeps the one-step speed
+        env={**os.environ, **isolated_env(tmp_path_factory.mktemp("smoke-cache"))},
     )
     assert result.returncode == 0, result.stderr
     return out
@@ -95,10 +123,14 @@ def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_study(
-    tiny_file: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_file: Path,
+    synthetic_root: Path,
+    speed_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     out = tmp_path_factory.mktemp("tiny-run") / "study"
-    run_study(tiny_file, out=out, root=str(synthetic_root), verify=False)
+    with as_in_a_test(speed_cache):
+        run_study(tiny_file, out=out, root=str(synthetic_root), verify=False)
     return out
 
 
@@ -151,27 +183,27 @@ def test_final_test_evaluation_happens_once_on_the_winner(smoke_study: Path) -> 
     assert state["report"]["published_test_top1"] == 0.697
 
 
-def test_rerunning_a_finished_study_does_nothing(smoke_study: Path, synthetic_root: Path) -> None:
+def test_rerunning_a_finished_study_does_nothing(
+    smoke_study: Path, smoke_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*") if p.is_file()}
-    result = run_hpstudy(
-        *seed_report_args(synthetic_root, "smoke", smoke_study),
-    )
+    result = cli(capsys, *seed_report_args(smoke_root, "smoke", smoke_study))
     assert result.returncode == 0 and "already finished" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in smoke_study.rglob("*") if p.is_file()} == before
 
 
-def test_status_lists_every_run(smoke_study: Path) -> None:
-    result = run_hpstudy("study", "status", str(smoke_study))
+def test_status_lists_every_run(smoke_study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, "study", "status", str(smoke_study))
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert sum(" finished " in line for line in lines) == 9  # 8 runs, one listed twice
     assert "(reused)" in result.stdout and "final test top-1" in result.stdout
 
 
-def test_folder_holding_another_study_is_refused(smoke_study: Path, synthetic_root: Path) -> None:
-    result = run_hpstudy(
-        *seed_report_args(synthetic_root, "short", smoke_study),
-    )
+def test_folder_holding_another_study_is_refused(
+    smoke_study: Path, smoke_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cli(capsys, *seed_report_args(smoke_root, "short", smoke_study))
     assert "holds a different study" in assert_one_line_error(result)
 
 
@@ -192,7 +224,11 @@ def test_tiny_study_picks_on_mean_over_seeds(tiny_study: Path) -> None:
 
 
 def test_sigkill_during_study_then_rerun_gives_same_results(
-    tiny_file: Path, tiny_study: Path, synthetic_root: Path, tmp_path: Path
+    tiny_file: Path,
+    tiny_study: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "killed"
     args = [
@@ -219,8 +255,8 @@ def test_sigkill_during_study_then_rerun_gives_same_results(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads((out / "state.json").read_text())["status"] == "running"
-    result = run_hpstudy(*args)
-    assert result.returncode == 0, result.stderr
+    # the rerun needs no process of its own: what it resumes is on disk
+    assert cli(capsys, *args).returncode == 0
     assert stage_finals(out) == stage_finals(tiny_study)
     killed_tables = sorted(p.read_text() for p in (out / "tables").glob("stage*.csv"))
     assert killed_tables == sorted(
@@ -234,7 +270,9 @@ def test_worker_processes_give_the_same_results(
     import torch
 
     study = tmp_path / "s.toml"
-    study.write_text(TINY_STUDY.split("[[stages]]")[0] + ONE_STAGE.replace("[0.1]", "[0.01, 0.05]"))
+    # one seed: one run per worker (each worker is a process that imports torch)
+    head = TINY_STUDY.split("[[stages]]")[0].replace("seeds = [0, 1]", "seeds = [0]")
+    study.write_text(head + ONE_STAGE.replace("[0.1]", "[0.01, 0.05]"))
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # what each of two CPU workers gets
     try:
@@ -309,19 +347,21 @@ def test_malformed_study_files_are_named(tmp_path: Path, text: str, expected: st
     assert str(path) in message and expected in message and "\n" not in message
 
 
-def test_malformed_study_through_the_cli_is_one_line(tmp_path: Path) -> None:
+def test_malformed_study_through_the_cli_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(
         'name = "x"\n[base]\nlr = -1\n[[stages]]\nname="a"\nfield="lr"\nvalues=[0.1]\nepochs=1'
     )
     assert "lr" in assert_one_line_error(
-        run_hpstudy("study", "run", str(path), "--out", str(tmp_path / "o"))
+        cli(capsys, "study", "run", str(path), "--out", str(tmp_path / "o"))
     )
-    assert "no-such-study" in assert_one_line_error(run_hpstudy("study", "show", "no-such-study"))
+    assert "no-such-study" in assert_one_line_error(cli(capsys, "study", "show", "no-such-study"))
 
 
-def test_show_prints_the_built_in_study() -> None:
-    result = run_hpstudy("study", "show", "seed-report")
+def test_show_prints_the_built_in_study(capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, "study", "show", "seed-report")
     assert result.returncode == 0
     assert (
         "lr in [0.01, 0.05, 0.5]" in result.stdout

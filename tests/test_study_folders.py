@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_line_error, run_hpstudy
+from cli_helpers import assert_one_line_error
+from study_fixtures import as_in_a_test
 
 from hpstudy import cli
 from hpstudy.config import RunConfig
@@ -22,12 +23,13 @@ from hpstudy.run import RunDir, RunStatus
 from hpstudy.study import StudyFolder, default_out, load_study, run_study
 from hpstudy.study.lock import LOCK_NAME
 
+# one batch per epoch: these tests check folders, not what the runs learn
 BASE = """
 seeds = [0]
 [base]
 width = 0.125
 batch_size = 64
-limit_train = 128
+limit_train = 64
 limit_val = 64
 device = "cpu"
 """
@@ -60,11 +62,13 @@ hpstudy.executors.train = lambda *args, **kwargs: time.sleep(600)
 from hpstudy.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-# `study run` killed (SIGKILL) once the final state is written, before the report
+# `study run` killed (SIGKILL) once the final state is written, before the report (and,
+# as in the in-process tests, without exporting the final model first)
 KILLED_AT_REPORT = """
 import os, signal, sys
-import hpstudy.report
+import hpstudy.report, hpstudy.study.runner
 hpstudy.report.write_report = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+hpstudy.study.runner.export_final = lambda *args: None
 from hpstudy.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -107,11 +111,6 @@ def cli_ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return out
 
 
-def finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    stdout, stderr = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
 def state_of(out: Path) -> dict:
     return json.loads((out / "state.json").read_text())
 
@@ -136,12 +135,16 @@ def study_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(
-    study_file: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
+    study_file: Path,
+    synthetic_root: Path,
+    speed_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """The two-stage study, finished, in a folder that existed (empty) before the run."""
     out = tmp_path_factory.mktemp("finished") / "study"
     out.mkdir()
-    state = run_study(study_file, out=out, root=str(synthetic_root), verify=False)
+    with as_in_a_test(speed_cache):
+        state = run_study(study_file, out=out, root=str(synthetic_root), verify=False)
     assert state.status == "finished"
     return out
 
@@ -207,13 +210,14 @@ def test_a_path_as_name_touches_nothing_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_study_run_refuses_a_folder_of_files_it_did_not_write(
-    tmp_path: Path, study_file: Path, synthetic_root: Path
+    tmp_path: Path, study_file: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "report.md").write_text("my own notes\n")
     before = snapshot(tmp_path, synthetic_root)
-    result = run_hpstudy(
+    line = cli_error(
+        capsys,
         "study",
         "run",
         str(study_file),
@@ -223,7 +227,7 @@ def test_study_run_refuses_a_folder_of_files_it_did_not_write(
         str(synthetic_root),
         "--no-verify",
     )
-    line = assert_one_line_error(result, str(out), "no study.json", "'report.md'")
+    assert str(out) in line and "no study.json" in line and "'report.md'" in line
     assert "use another --out" in line
     assert snapshot(tmp_path, synthetic_root) == before
     assert (out / "report.md").read_text() == "my own notes\n"
@@ -253,13 +257,14 @@ def test_out_that_is_a_file_or_under_a_file_is_one_line(
 
 
 def test_train_refuses_a_folder_that_is_not_a_run_folder(
-    tmp_path: Path, synthetic_root: Path
+    tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me\n")
     before = snapshot(tmp_path, synthetic_root)
-    result = run_hpstudy(
+    line = cli_error(
+        capsys,
         "train",
         "--width",
         "0.125",
@@ -273,7 +278,7 @@ def test_train_refuses_a_folder_that_is_not_a_run_folder(
         "--out",
         str(out),
     )
-    assert_one_line_error(result, str(out), "no config.json", "not a run folder")
+    assert str(out) in line and "no config.json" in line and "not a run folder" in line
     assert snapshot(tmp_path, synthetic_root) == before
 
 
@@ -339,7 +344,7 @@ def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) ->
 
 
 def test_a_second_study_run_is_refused_while_status_reads_and_sigkill_frees_the_folder(
-    tmp_path: Path, synthetic_root: Path
+    tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     study = tmp_path / "one.toml"
     study.write_text(ONE_RUN)
@@ -354,6 +359,7 @@ def test_a_second_study_run_is_refused_while_status_reads_and_sigkill_frees_the_
         str(synthetic_root),
         "--no-verify",
     ]
+    # the holder is a process of its own; the commands it refuses or lets read run here
     holder = subprocess.Popen(
         [sys.executable, "-c", STALLING, *args],
         stdout=subprocess.DEVNULL,
@@ -370,27 +376,17 @@ def test_a_second_study_run_is_refused_while_status_reads_and_sigkill_frees_the_
         assert holder.poll() is None, "the first study run ended early"
         assert lock.read_text().split()[0] == str(holder.pid)
         before = snapshot(tmp_path, synthetic_root, skip=out)
-        started = [  # at once: each is a few seconds of imports
-            subprocess.Popen(
-                [sys.executable, "-m", "hpstudy", *argv],
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            for argv in (args, ["study", "status", str(out)], ["report", str(out)])
-        ]
-        results = [finish(p) for p in started]
-        line = assert_one_line_error(results[0], str(out), f"process {holder.pid} on ")
+        line = cli_error(capsys, *args)
+        assert str(out) in line and f"process {holder.pid} on " in line
         assert "another `study run`" in line
-        assert results[1].returncode == 0 and "one (full): running" in results[1].stdout
-        assert results[2].returncode == 0, results[2].stderr
+        assert "one (full): running" in cli_ok(capsys, "study", "status", str(out))
+        cli_ok(capsys, "report", str(out))
         assert holder.poll() is None  # the refusals happened while it held the folder
         assert snapshot(tmp_path, synthetic_root, skip=out) == before
     finally:
         holder.kill()  # SIGKILL: the OS releases its lock
         holder.wait()
-    third = run_hpstudy(*args)
-    assert third.returncode == 0, third.stderr
+    cli_ok(capsys, *args)
     assert state_of(out)["status"] == "finished" and (out / "report.md").is_file()
 
 
@@ -437,7 +433,11 @@ def test_a_report_that_fails_leaves_a_study_the_next_run_completes(
 
 
 def test_a_kill_between_state_and_report_is_completed_by_the_next_run(
-    finished: Path, study_file: Path, synthetic_root: Path, tmp_path: Path
+    finished: Path,
+    study_file: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = copy_of(finished, tmp_path)
     (out / "state.json").unlink()  # report.md stays: the earlier state's, stale from now on
@@ -459,14 +459,15 @@ def test_a_kill_between_state_and_report_is_completed_by_the_next_run(
     assert state_of(out)["status"] == "finished"
     assert not (out / "report.md").exists()  # so the study is not done
 
-    result = run_hpstudy(*args)
-    assert result.returncode == 0, result.stderr
-    assert "already finished" not in result.stderr
+    # the next runs need no process of their own: what they complete is on disk
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "already finished" not in capsys.readouterr().err
     assert (out / "report.md").is_file() and checkpoints(out) == trained
 
     (out / "report.md").unlink()  # a deleted report is written again, nothing retrained
-    result = run_hpstudy(*args)
-    assert result.returncode == 0 and "already finished" not in result.stderr
+    assert cli.main(args) == 0
+    assert "already finished" not in capsys.readouterr().err
     assert (out / "report.md").is_file() and checkpoints(out) == trained
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import assert_one_line_error, run_hpstudy
+from cli_helpers import assert_one_line_error
+from study_fixtures import as_in_a_test, cli
 
-from hpstudy import cli
+from hpstudy import cli as hpstudy_cli
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job
@@ -22,6 +24,7 @@ from hpstudy.executors.local import LocalExecutor
 from hpstudy.run import RunDir
 from hpstudy.study import Plan, load_study, run_study
 
+# one batch per epoch: these tests check the rules of a study, not what its runs learn
 HEAD = """
 name = "rules"
 description = "{description}"
@@ -29,7 +32,7 @@ seeds = {seeds}
 [base]
 width = 0.125
 batch_size = 64
-limit_train = 128
+limit_train = 64
 limit_val = 64
 device = "cpu"
 """
@@ -55,6 +58,20 @@ def mtimes(folder: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("checkpoint.pt")}
 
 
+@pytest.fixture(scope="module")
+def first_study(
+    synthetic_root: Path, speed_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The study `write_study` writes, finished: trained once, copied by each test that
+    runs an edited study in its folder."""
+    folder = tmp_path_factory.mktemp("first")
+    out = folder / "out"
+    with as_in_a_test(speed_cache):
+        state = run_study(write_study(folder), out=out, root=str(synthetic_root), verify=False)
+    assert state.status == "finished"
+    return out
+
+
 # ---------------------------------------------------------------- validation before training
 
 
@@ -70,7 +87,7 @@ def test_warmup_shrinks_with_the_budget_instead_of_failing(tmp_path: Path) -> No
 
 
 def test_a_combination_only_later_winners_make_is_refused_before_any_training(
-    tmp_path: Path, synthetic_root: Path
+    tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # stage 1 may pick nesterov = true; stage 2 then offers momentum 0, which nesterov forbids
     extra = """
@@ -87,8 +104,8 @@ epochs = 1
 """
     path = write_study(tmp_path, extra=extra)
     out = tmp_path / "out"
-    result = run_hpstudy("study", "run", str(path), "--out", str(out), "--budget", "smoke",
-                         "--root", str(synthetic_root), "--no-verify")  # fmt: skip
+    result = cli(capsys, "study", "run", str(path), "--out", str(out), "--budget", "smoke",
+                 "--root", str(synthetic_root), "--no-verify")  # fmt: skip
     line = assert_one_line_error(result, "stage 3 (momentum)", "nesterov")
     assert "budget smoke" in line
     assert not out.exists()  # nothing claimed, nothing trained
@@ -106,14 +123,17 @@ def test_what_the_device_decides_is_checked_once_the_device_is_known(tmp_path: P
     assert on_gpu.config(0, 0.05, {}, 0).precision == "fp16"
 
 
-def test_missing_data_leaves_no_half_claimed_folder(tmp_path: Path) -> None:
+def test_missing_data_leaves_no_half_claimed_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_study(tmp_path)
     out, empty = tmp_path / "out", tmp_path / "empty"
     empty.mkdir()
-    result = run_hpstudy("study", "run", str(path), "--out", str(out), "--root", str(empty))
+    result = cli(capsys, "study", "run", str(path), "--out", str(out), "--root", str(empty))
     assert_one_line_error(result, "cannot download CIFAR-100")
     assert not out.exists()
-    assert "not a study folder" in assert_one_line_error(run_hpstudy("study", "status", str(out)))
+    status = cli(capsys, "study", "status", str(out))
+    assert "not a study folder" in assert_one_line_error(status)
 
 
 # ---------------------------------------------------------------- failures are retried
@@ -178,11 +198,11 @@ def test_a_dying_worker_fails_its_own_run_and_no_other(
 
 
 def test_descriptions_and_published_values_do_not_lock_the_folder_and_seeds_add_runs(
-    tmp_path: Path, synthetic_root: Path
+    first_study: Path, tmp_path: Path, synthetic_root: Path
 ) -> None:
-    out = tmp_path / "out"
-    first = run_study(write_study(tmp_path), out=out, root=str(synthetic_root), verify=False)
-    assert first.status == "finished"
+    out = Path(shutil.copytree(first_study, tmp_path / "out"))  # keeps the files' mtimes
+    first = json.loads((out / "state.json").read_text())
+    assert first["status"] == "finished"
     before = mtimes(out)
     assert len(before) == 2
     edited = write_study(
@@ -197,16 +217,17 @@ def test_descriptions_and_published_values_do_not_lock_the_folder_and_seeds_add_
     assert len(after) == 4  # the two seed-1 runs are new
     assert all(after[p] == t for p, t in before.items())  # the seed-0 runs were not retrained
     record = json.loads((out / "study.json").read_text())
-    assert record["study_hash"] == first.study_hash == second.study_hash
+    assert record["study_hash"] == first["study_hash"] == second.study_hash
 
 
-def test_what_changes_results_is_a_different_study(tmp_path: Path, synthetic_root: Path) -> None:
-    out = tmp_path / "out"
-    run_study(write_study(tmp_path), out=out, root=str(synthetic_root), verify=False)
+def test_what_changes_results_is_a_different_study(
+    first_study: Path, tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = Path(shutil.copytree(first_study, tmp_path / "out"))
     changed = write_study(tmp_path)
     changed.write_text(changed.read_text().replace("values = [0.01, 0.05]", "values = [0.02]"))
-    result = run_hpstudy("study", "run", str(changed), "--out", str(out),
-                         "--root", str(synthetic_root), "--no-verify")  # fmt: skip
+    result = cli(capsys, "study", "run", str(changed), "--out", str(out),
+                 "--root", str(synthetic_root), "--no-verify")  # fmt: skip
     assert "holds a different study" in assert_one_line_error(result)
 
 
@@ -220,7 +241,7 @@ def test_help_names_the_real_default_folders_and_no_document_users_lack(
     for argv in (["--help"], ["study", "run", "--help"], ["train", "--help"],
                  ["evaluate", "--help"], ["data", "info", "--help"]):  # fmt: skip
         with pytest.raises(SystemExit):
-            cli.main(argv)
+            hpstudy_cli.main(argv)
         texts.append(capsys.readouterr().out)
     assert "runs/NAME for the full budget, runs/NAME-BUDGET otherwise" in " ".join(texts[1].split())
     for text in texts:
