@@ -1,25 +1,29 @@
 """Several runs per device and the SLURM executor: two CPU workers really overlap and give
-the sequential results; submitit's local cluster gives the local executor's results; jobs
-are pulled only as slots free; the `auto` table decides without changing run hashes; every
-bad option is one line.
+the sequential results; submitit's local cluster gives the local executor's results, a
+run preempted on it resumes to the same result; jobs are pulled only as slots free; the
+`auto` table decides without changing run hashes; every bad option is one line.
 
-Cost: one sequential reference study, one with two worker processes, one through
-submitit's local cluster (five short jobs), three worker processes that fail at once.
+Cost: one sequential reference study (two on a machine of 4 cores or more: on a worker's
+share of the threads, and on one thread), one with two worker processes, one through
+submitit's local cluster (nine jobs, each a process, one of them preempted and
+requeued), three worker processes that fail at once, one job that fails at once. The
+reference and the SLURM study skip the final export and render no figures: no test here
+reads them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from cluster_fixtures import plain_study, quick_slurm_polls
 from test_ray import assert_same, outcome
 
 from hpstudy import cli
@@ -27,7 +31,7 @@ from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job, SlurmOptions, make_executor
 from hpstudy.executors.local import LocalExecutor
-from hpstudy.run import Execution
+from hpstudy.run import Execution, RunDir
 from hpstudy.study import run_study
 
 STUDY = """
@@ -49,13 +53,19 @@ epochs = 2
 WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)  # what each of two CPU workers gets
 
 
-def run_with_threads(threads: int, **kwargs: Any) -> None:
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        run_study(**kwargs)
+        yield
     finally:
         torch.set_num_threads(before)
+
+
+def run_with_threads(threads: int, **kwargs: Any) -> None:
+    with torch_threads(threads):
+        run_study(**kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +76,33 @@ def study_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sequential(
-    study_file: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    """The reference: in this process, one run after the other, on a worker's threads."""
-    out = tmp_path_factory.mktemp("sequential") / "study"
-    run_with_threads(
-        WORKER_THREADS, spec=study_file, out=out, root=str(synthetic_root), verify=False
-    )
-    return outcome(out)
+def reference(
+    study_file: Path,
+    synthetic_root: Path,
+    speed_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[int], dict[str, Any]]:
+    """The reference: in this process, one run after the other, on `threads` torch threads;
+    its outcome and the folder (run once per thread count the tests ask for)."""
+    done: dict[int, dict[str, Any]] = {}
+
+    def on(threads: int) -> dict[str, Any]:
+        if threads not in done:
+            out = tmp_path_factory.mktemp(f"sequential-{threads}") / "study"
+            with plain_study(speed_cache):
+                run_with_threads(
+                    threads, spec=study_file, out=out, root=str(synthetic_root), verify=False
+                )
+            done[threads] = {**outcome(out), "folder": out}
+        return done[threads]
+
+    return on
+
+
+@pytest.fixture(scope="module")
+def sequential(reference: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """The reference on a worker's threads (what each of two CPU workers gets)."""
+    return reference(WORKER_THREADS)
 
 
 def run_interval(run_dir: Path) -> tuple[float, float]:
@@ -92,7 +120,10 @@ def test_two_cpu_workers_train_at_once_and_match_the_sequential_run(
 ) -> None:
     out = tmp_path / "study"
     argv = ["study", "run", str(study_file), "--out", str(out), "--devices", "0,0"]
-    assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 0
+    # the driver's own evaluations (the final test's) on a worker's threads too, as the
+    # reference's were
+    with torch_threads(WORKER_THREADS):
+        assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 0
     if not torch.cuda.is_available():
         assert "--devices starts 2 CPU worker processes" in capsys.readouterr().err
     assert_same(sequential, outcome(out))
@@ -121,19 +152,79 @@ def test_the_local_executor_pulls_a_job_only_when_a_worker_is_free(tmp_path: Pat
         assert summary["status"] == "failed" and "CIFAR-100" in summary["error"]
 
 
-def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
-    study_file: Path, synthetic_root: Path, tmp_path: Path, sequential: dict[str, Any]
-) -> None:
+def preempt_once(marker: Path) -> Callable[..., Any]:
+    """`run_job`, but the first run to write a checkpoint (its epoch 1 of 2) is sent SIGUSR2,
+    SLURM's preemption and time-limit warning, right after it: submitit's handler in the
+    job checkpoints it and the local cluster requeues it. Sent by the job to itself, it
+    comes while the run is surely still running (no race with its last epoch).
+
+    Defined inside a function so cloudpickle ships it by value (jobs cannot import this
+    module); it imports what it needs itself for the same reason.
+    """
+
+    def task(job: Any, options: Any, device: str | None) -> Any:
+        import os
+        import signal
+
+        from hpstudy import executors
+        from hpstudy.run import RunDir
+
+        save = RunDir.save_checkpoint
+
+        def save_then_preempt(self: RunDir, state: dict[str, Any]) -> None:
+            save(self, state)
+            try:  # O_EXCL: one run, once, ever (not again once requeued)
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(fd, f"{job.run_dir.name} {state['epoch']}".encode())
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+        RunDir.save_checkpoint = save_then_preempt  # type: ignore[method-assign]
+        try:
+            return executors.run_job(job, options, device)
+        finally:
+            RunDir.save_checkpoint = save  # type: ignore[method-assign]
+
+    return task
+
+
+@pytest.fixture(scope="module")
+def slurm_study(
+    study_file: Path,
+    synthetic_root: Path,
+    speed_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The study through submitit's local cluster (every job a process of its own, on one
+    thread), one of its runs preempted mid-run; read by the tests below."""
     pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
-    out = tmp_path / "study"
-    slurm = SlurmOptions(cluster="local", cpus_per_job=WORKER_THREADS, max_parallel=2)
-    run_study(
-        study_file, out=out, root=str(synthetic_root), verify=False, executor="slurm", slurm=slurm
-    )
-    assert_same(sequential, outcome(out))
-    logs = list((out / "slurm").glob("*_log.err"))
+    from hpstudy.executors import slurm as slurm_executor
+
+    out = tmp_path_factory.mktemp("slurm") / "study"
+    marker = out.parent / "preempted"
+    slurm = SlurmOptions(cluster="local", cpus_per_job=1, max_parallel=2)
+    with plain_study(speed_cache), quick_slurm_polls(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            slurm_executor, "SlurmRun",
+            lambda cpus_per_job: slurm_executor.SlurmCall(preempt_once(marker), cpus_per_job),
+        )  # fmt: skip
+        run_study(
+            study_file, out=out, root=str(synthetic_root), verify=False, executor="slurm",
+            slurm=slurm,
+        )  # fmt: skip
+    return out
+
+
+def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
+    slurm_study: Path, reference: Callable[[int], dict[str, Any]]
+) -> None:
+    assert_same(reference(1), outcome(slurm_study))
+    logs = list((slurm_study / "slurm").glob("*_log.err"))
     # data summary, the speed measured for the cost block, two runs, the stage's per-image
     # comparison, test evaluation, test outcomes (the interval), the export, environment
+    # (the preempted run's job is requeued under its own id: one log, not two)
     assert len(logs) == 9
 
 
@@ -176,41 +267,22 @@ def test_a_preempted_job_requeues_the_same_run() -> None:
 
 
 def test_a_job_preempted_mid_run_is_requeued_and_resumes_to_the_same_result(
-    synthetic_root: Path, tmp_path: Path
+    slurm_study: Path, reference: Callable[[int], dict[str, Any]]
 ) -> None:
     """SIGUSR2 is SLURM's preemption and time-limit warning: submitit checkpoints, the job
     is requeued (submitit's local cluster restarts it), and the run resumes from its last
     epoch, ending bit for bit where an uninterrupted run on one thread ends."""
-    pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
-    from hpstudy.executors.slurm import SlurmRun
-    from hpstudy.run import train
-
-    config = RunConfig(width=0.125, limit_train=256, limit_val=64, device="cpu", epochs=3)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        whole = train(config, tmp_path / "whole", root=synthetic_root, verify=False)
-    finally:
-        torch.set_num_threads(before)
-
-    options = SlurmOptions(cluster="local", cpus_per_job=1, folder=tmp_path / "slurm")
-    executor = make_executor("slurm", DataOptions(str(synthetic_root), False), slurm=options)
-    job = Job(config, tmp_path / "cut", "cut")
-    submitted = executor.submit(SlurmRun(cpus_per_job=1), job, executor.data, "cpu")
-    controller = submitted._process.pid  # submitit's local controller; the run is its child
-    children = Path(f"/proc/{controller}/task/{controller}/children")
-    if not children.exists():
-        submitted.cancel()
-        pytest.skip("needs Linux's /proc to find the job's task")
-    while not (job.run_dir / "checkpoint.pt").exists():
-        assert not submitted.done(), "the job ended before its first checkpoint"
-        time.sleep(0.1)
-    os.kill(int(children.read_text().split()[0]), signal.SIGUSR2)
-    resumed = submitted.result()
-    log = next(options.folder.glob("*_log.err")).read_text()
-    assert "preempted" in log and "resuming after epoch" in log
-    assert resumed.status == "finished" and resumed.epochs_done == 3
-    assert resumed.final is not None and whole.final is not None
+    run_name, epoch = (slurm_study.parent / "preempted").read_text().split()
+    assert epoch == "1"  # preempted after epoch 1 of 2: the requeued job resumed mid-run
+    logs = [p.read_text() for p in (slurm_study / "slurm").glob("*_log.err")]
+    preempted = [log for log in logs if "preempted" in log]
+    assert len(preempted) == 1 and f"{run_name}: resuming after epoch 1/2" in preempted[0]
+    run = RunDir(slurm_study / "runs" / run_name)
+    resumed = run.read_summary()
+    assert resumed is not None and resumed.status == "finished" and resumed.epochs_done == 2
+    assert len(run.read_metrics()) == 2  # epoch 1 not trained twice
+    whole = RunDir(reference(1)["folder"] / "runs" / run_name).read_summary()
+    assert resumed.final is not None and whole is not None and whole.final is not None
     same = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5")
     assert {k: resumed.final[k] for k in same} == {k: whole.final[k] for k in same}
 
@@ -222,7 +294,7 @@ def test_a_jobs_own_one_line_error_comes_back_as_that_line(
     driver says so in the job's words, not submitit's traceback."""
     pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
     slurm = SlurmOptions(cluster="local", cpus_per_job=1)
-    with pytest.raises(HpstudyError) as caught:
+    with quick_slurm_polls(), pytest.raises(HpstudyError) as caught:
         run_study(
             study_file, out=tmp_path / "s", root=str(tmp_path / "no-data"), executor="slurm",
             slurm=slurm,

@@ -1,5 +1,9 @@
 """Shipping a run's model: safetensors round-trips, ONNX Runtime equals PyTorch, the latency
-table, `hpstudy.load_model`, one-line errors, and the study's final export in its report."""
+table, `hpstudy.load_model`, one-line errors, and the study's final export in its report.
+
+Cost: one small study (two 1-epoch runs), whose final run and its export (the study's
+own, through export_run's defaults) most tests read; three more exports of that run.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +14,74 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_hpstudy
+from cluster_fixtures import plain_study
 
 import hpstudy
 from hpstudy import cli, export
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.models import create_model
-from hpstudy.run import RunDir, evaluate, train
+from hpstudy.run import RunDir, evaluate
+from hpstudy.study import StudyState, run_study
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("safetensors")
 
 
-@pytest.fixture(scope="module")
-def ema_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 1-epoch run with an EMA of its weights (the selected ones)."""
-    run = tmp_path_factory.mktemp("export") / "run"
-    # batch 16: enough steps for the BN statistics to make the logits depend on the image
-    config = RunConfig(width=0.125, epochs=1, batch_size=16, limit_train=192, limit_val=96,
-                       ema_decay=0.5, device="cpu")  # fmt: skip
-    train(config, run, root=synthetic_root, verify=False, show_progress=False)
-    return run
+STUDY = """
+name = "shipped"
+seeds = [0]
+[base]
+width = 0.125
+batch_size = 16  # enough steps for the BN statistics to make the logits depend on the image
+limit_train = 192
+limit_val = 96
+device = "cpu"
+ema_decay = 0.5
+[[stages]]
+name = "optimizer"
+field = "optimizer"
+values = ["sgd", "adamw"]
+epochs = 1
+"""
 
 
 @pytest.fixture(scope="module")
-def exported(ema_run: Path, synthetic_root: Path) -> tuple[Path, dict]:
-    out = ema_run.parent / "shipped"
-    result = export.export_run(ema_run, out, root=synthetic_root, verify=False, latency_runs=100)
-    return out, result
+def shipped(
+    synthetic_root: Path, speed_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, StudyState, dict]:
+    """A study of two 1-epoch runs with an EMA of their weights, and the final export it ends
+    with (export_run's defaults, into the final run's folder): the study folder, its state,
+    and what export_run returned."""
+    spec = tmp_path_factory.mktemp("export") / "shipped.toml"
+    spec.write_text(STUDY)
+    out = spec.parent / "study"
+    returned: list[dict] = []
+    real = export.export_run
+
+    def export_run(*args: object, **kwargs: object) -> dict:
+        returned.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return returned[-1]
+
+    with plain_study(speed_cache, export=True), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "export_run", export_run)
+        state = run_study(spec, out=out, budget="full", root=str(synthetic_root), verify=False)
+    assert len(returned) == 1
+    return out, state, returned[0]
+
+
+@pytest.fixture(scope="module")
+def ema_run(shipped: tuple[Path, StudyState, dict]) -> Path:
+    """A finished 1-epoch run with an EMA of its weights (the selected ones): the study's final
+    run."""
+    out, state, _ = shipped
+    return out / state.final.runs[0].run_dir  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def exported(ema_run: Path, shipped: tuple[Path, StudyState, dict]) -> tuple[Path, dict]:
+    """Where the study exported its final run (that run's folder), and what export_run returned."""
+    return ema_run, shipped[2]
 
 
 def test_load_model_returns_the_selected_weights_in_eval_mode(ema_run: Path) -> None:
@@ -124,15 +167,22 @@ def test_export_json_holds_sizes_and_the_latency_table(exported: tuple[Path, dic
 
 
 def test_the_cli_prints_the_table_and_refuses_bad_input_in_one_line(
-    ema_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ema_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # in this process: the same main() as the command, without its 4 s start; batch-256
+    # throughput timed once, not 5 times (the table's numbers are not what is checked here)
+    monkeypatch.setattr(export, "THROUGHPUT_RUNS", 1)
     out = tmp_path / "cli"
-    result = run_hpstudy("export", str(ema_run), "--out", str(out), "--no-check",
-                         "--latency-runs", "5")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "onnxruntime" in result.stdout and "batch 1 ms" in result.stdout
+    argv = ["export", str(ema_run), "--out", str(out), "--no-check", "--latency-runs", "5"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr()
+    assert "onnxruntime" in printed.out and "batch 1 ms" in printed.out, printed
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.onnx", "export.json"}
-    assert json.loads((out / "export.json").read_text())["check"] is None
+    written = json.loads((out / "export.json").read_text())
+    assert written["check"] is None and written["latency"]["pytorch"]["latency_runs"] == 5
     a_file = tmp_path / "file"
     a_file.write_text("x")
     bad = [
@@ -141,7 +191,7 @@ def test_the_cli_prints_the_table_and_refuses_bad_input_in_one_line(
         ([str(ema_run), "--latency-runs", "0"], "latency runs"),
         ([str(a_file)], "not a trained run"),
     ]
-    for args, needle in bad:  # in this process: the same main() as the command, no start-up
+    for args, needle in bad:
         assert cli.main(["export", *args]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
@@ -176,53 +226,34 @@ def test_a_failed_check_is_written_and_said_in_one_line(
         return real(shifted, session, images)
 
     monkeypatch.setattr(export, "check_outputs", off)
+    monkeypatch.setattr(export, "THROUGHPUT_RUNS", 1)  # the timings are not checked here
     with pytest.raises(HpstudyError, match="ONNX Runtime differs from PyTorch"):
         export.export_run(ema_run, tmp_path / "bad", root=synthetic_root, verify=False,
                           latency_runs=1)  # fmt: skip
     assert json.loads((tmp_path / "bad" / "export.json").read_text())["check"]["passed"] is False
 
 
-STUDY = """
-name = "shipped"
-seeds = [0]
-[base]
-width = 0.125
-batch_size = 32
-limit_train = 128
-limit_val = 64
-device = "cpu"
-ema_decay = 0.5
-[[stages]]
-name = "optimizer"
-field = "optimizer"
-values = ["sgd", "adamw"]
-epochs = 1
-"""
-
-
 @pytest.mark.study_export
 def test_a_study_ships_its_final_model_and_reports_it(
-    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shipped: tuple[Path, StudyState, dict], synthetic_root: Path
 ) -> None:
-    from hpstudy.study import run_study
-
-    spec = tmp_path / "shipped.toml"
-    spec.write_text(STUDY)
-    out = tmp_path / "study"
-    state = run_study(spec, out=out, budget="full", root=str(synthetic_root), verify=False)
+    out, state, _ = shipped
     final_run = RunDir(out / state.final.runs[0].run_dir)  # type: ignore[union-attr]
-    shipped = final_run.read_export()
-    assert shipped is not None and shipped["weights"] == "ema" and shipped["check"]["passed"]
+    shipped_export = final_run.read_export()
+    assert shipped_export is not None and shipped_export["weights"] == "ema"
+    assert shipped_export["check"]["passed"]
     assert (final_run.path / "model.onnx").is_file()
     report = (out / "report.md").read_text()
     final = report[report.index("## Final test result"):]
     assert "exponential moving average of the weights (decay 0.5)" in final
-    assert "The final model, exported" in final and f"{shipped['parameters']:,} parameters" in final
+    parameters = f"{shipped_export['parameters']:,} parameters"
+    assert "The final model, exported" in final and parameters in final
     assert "| onnxruntime |" in final and "| pytorch |" in final
     assert (out / "tables" / "export.csv").is_file()
     # a second `study run` exports nothing again
     stamp = final_run.export_path.stat().st_mtime_ns
-    run_study(spec, out=out, budget="full", root=str(synthetic_root), verify=False)
+    run_study(out.parent / "shipped.toml", out=out, budget="full", root=str(synthetic_root),
+              verify=False)  # fmt: skip
     assert final_run.export_path.stat().st_mtime_ns == stamp
 
 

@@ -1,13 +1,17 @@
 """The Ray executor: same study results as the local one, a killed worker is retried and
 resumes, and without Ray `--executor ray` fails with one line.
 
-Ray tests start at most two local Rays (about 20 s each on 2 cores): the first test lets
-the executor start (and shut down) its own; the later ones share one from `shared_ray`.
-Every run uses one torch thread, here and in Ray tasks, so CPU results agree bit for bit.
+Ray tests start one local Ray of 1 CPU (about 15 s on 2 cores, and as much again for a
+second): the first test lets the executor start it, and asks that it shut down when the
+study is done; that shutdown waits for the module's last test (`one_ray`), and the later
+tests join the same Ray. Every run uses one torch thread, here and in Ray tasks, so CPU
+results agree bit for bit. The test whose task kills its worker comes last: a Ray
+worker, once started, keeps its imports (torch) for the tasks after it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -16,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from cluster_fixtures import plain_study
 
 from hpstudy import cli
 from hpstudy.errors import HpstudyError
@@ -93,14 +98,18 @@ def study_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_outcome(
-    study_file: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
+    study_file: Path,
+    synthetic_root: Path,
+    speed_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
     """The reference: the local executor, in this process, on one thread like the Ray tasks."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out = tmp_path_factory.mktemp("local") / "study"
-        run_study(study_file, out=out, root=str(synthetic_root), verify=False)
+        with plain_study(speed_cache):  # no export, no figures: outcome() reads neither
+            run_study(study_file, out=out, root=str(synthetic_root), verify=False)
     finally:
         torch.set_num_threads(threads)
     return outcome(out)
@@ -112,12 +121,21 @@ def ray_module() -> Any:
 
 
 @pytest.fixture(scope="module")
-def shared_ray(ray_module: Any) -> Iterator[Any]:
-    """One local Ray of 1 CPU, joined by the executors of the tests that use it."""
-    assert not ray_module.is_initialized()
-    ray_module.init(address="local", num_cpus=1, include_dashboard=False)
+def one_ray(ray_module: Any) -> Iterator[Any]:
+    """The module's one local Ray, started by the first test that needs one and shut down
+    after the last."""
     yield ray_module
-    ray_module.shutdown()
+    if ray_module.is_initialized():
+        ray_module.shutdown()
+
+
+@pytest.fixture
+def shared_ray(one_ray: Any) -> Any:
+    """The local Ray of 1 CPU, joined by the executors of the tests that use it; started
+    here unless a test before started it."""
+    if not one_ray.is_initialized():
+        one_ray.init(address="local", num_cpus=1, include_dashboard=False)
+    return one_ray
 
 
 def kill_once(marker: Path) -> Task:
@@ -171,7 +189,7 @@ def die_at_once() -> Task:
 
 @pytest.mark.ray
 def test_killed_worker_is_retried_and_the_run_resumes_from_its_checkpoint(
-    ray_module: Any,
+    one_ray: Any,
     study_file: Path,
     synthetic_root: Path,
     local_outcome: dict[str, Any],
@@ -180,16 +198,21 @@ def test_killed_worker_is_retried_and_the_run_resumes_from_its_checkpoint(
 ) -> None:
     from hpstudy.executors import ray as ray_executor
 
-    assert not ray_module.is_initialized(), "this test must run before shared_ray starts"
+    assert not one_ray.is_initialized(), "this test must run before shared_ray starts"
     marker = tmp_path / "killed"
     real = ray_executor.RayExecutor
 
     def executor(options: DataOptions, address: str | None = None, **kw: Any) -> Any:
-        # 1 CPU per run: both runs of a stage train at once, on one thread each
+        # 1 CPU per run: each run trains on one thread
         return real(options, address=address, cpus_per_run=1, task=kill_once(marker), **kw)
 
     monkeypatch.setattr(ray_executor, "RayExecutor", executor)
+    # the local Ray the executor starts is the module's one: of 1 CPU, as shared_ray's, and
+    # the shutdown it asks for is recorded here and done by one_ray after the last test
     out = tmp_path / "study"
+    shutdowns: list[bool] = []  # whether the study was done (reported) at each
+    monkeypatch.setattr(one_ray, "init", functools.partial(one_ray.init, num_cpus=1))
+    monkeypatch.setattr(one_ray, "shutdown", lambda: shutdowns.append((out / "report.md").exists()))
     run_study(study_file, out=out, root=str(synthetic_root), verify=False, executor="ray")
 
     killed_run, epoch = marker.read_text().split()
@@ -200,7 +223,7 @@ def test_killed_worker_is_retried_and_the_run_resumes_from_its_checkpoint(
     assert len(metrics) == 1 + 2  # header + one row per epoch: epoch 1 not trained twice
     assert_same(outcome(out), local_outcome)  # the resumed run computed what an unbroken one did
     # the executor shut down the local Ray it started once the study was done with it
-    assert not ray_module.is_initialized()
+    assert shutdowns == [True]
 
 
 # ---------------------------------------------------------------- Ray held by this process
@@ -231,24 +254,6 @@ def test_ray_study_through_the_cli_matches_the_local_executor(
 
 
 @pytest.mark.ray
-def test_a_task_whose_retries_run_out_is_recorded_as_failed(
-    shared_ray: Any, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from hpstudy.executors.ray import RayExecutor
-
-    monkeypatch.chdir(tmp_path)  # a relative run dir must reach the worker as absolute
-    study = load_study_text(tmp_path)
-    config = Plan(study, "full").config(0, 0.05, {}, 0)
-    job = Job(config, Path("runs") / config.run_hash(), "lr / 0.05 / seed 0")
-    options = DataOptions(root=str(synthetic_root), verify=False)
-    RayExecutor(options, max_retries=0, task=die_at_once()).run([job])
-    summary = json.loads((tmp_path / job.run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed"
-    assert summary["error"].startswith("ray task failed after 0 retries:")
-    assert "\n" not in summary["error"]
-
-
-@pytest.mark.ray
 def test_a_task_that_raises_is_recorded_as_failed_and_not_retried(
     shared_ray: Any, tmp_path: Path
 ) -> None:
@@ -268,6 +273,24 @@ def test_a_task_that_raises_is_recorded_as_failed_and_not_retried(
     summary = json.loads((job.run_dir / "summary.json").read_text())
     assert summary["error"] == "ray task raised RuntimeError: boom"
     assert marker.read_text() == "call\n"  # retry_exceptions=False: a raise is not retried
+
+
+@pytest.mark.ray
+def test_a_task_whose_retries_run_out_is_recorded_as_failed(
+    shared_ray: Any, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpstudy.executors.ray import RayExecutor
+
+    monkeypatch.chdir(tmp_path)  # a relative run dir must reach the worker as absolute
+    study = load_study_text(tmp_path)
+    config = Plan(study, "full").config(0, 0.05, {}, 0)
+    job = Job(config, Path("runs") / config.run_hash(), "lr / 0.05 / seed 0")
+    options = DataOptions(root=str(synthetic_root), verify=False)
+    RayExecutor(options, max_retries=0, task=die_at_once()).run([job])
+    summary = json.loads((tmp_path / job.run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("ray task failed after 0 retries:")
+    assert "\n" not in summary["error"]
 
 
 def load_study_text(folder: Path) -> Any:

@@ -10,14 +10,15 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cli_helpers import assert_one_line_error, run_hpstudy
+from cluster_fixtures import fork, plain_study, wait
 
+from hpstudy import cli
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job, TrialRef, run_job
@@ -74,35 +75,6 @@ SCENARIO = (
     + RANDOM.replace("n = 4", "n = 2")
     + OPTUNA
 )
-
-# `study run` with a pruner that prunes every odd trial after its first epoch (forced and
-# deterministic), killed by SIGKILL after $KILL_AFTER checkpoints when that is set
-DRIVER = """
-import os, signal, sys
-import optuna
-import hpstudy.study.search as search
-from hpstudy.run import RunDir
-
-class PruneOdd(optuna.pruners.BasePruner):
-    def prune(self, study, trial):
-        return trial.number % 2 == 1
-
-search.make_pruner = lambda name: PruneOdd()
-kill_after = int(os.environ.get("KILL_AFTER", "0"))
-save = RunDir.save_checkpoint
-count = [0]
-
-def save_then_maybe_die(self, state):
-    save(self, state)
-    count[0] += 1
-    if count[0] == kill_after:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-RunDir.save_checkpoint = save_then_maybe_die
-from hpstudy.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 
 def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
     path = tmp_path / name
@@ -329,12 +301,30 @@ def test_a_pruner_stops_a_run_early_in_its_worker(
 # ---------------------------------------------------------------- kills, resume, report
 
 
-def drive(out: Path, study: Path, root: Path, kill_after: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KILL_AFTER": str(kill_after), "OMP_NUM_THREADS": "1"}
-    args = ["study", "run", str(study), "--out", str(out), "--budget", "smoke",
-            "--root", str(root), "--no-verify"]  # fmt: skip
-    return subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True,
-                          env=env, timeout=600)  # fmt: skip
+def drive(out: Path, study: Path, root: Path, kill_after: int) -> tuple[int, str]:
+    """`study run` at smoke, with a pruner that prunes every odd trial after its first epoch
+    (forced and deterministic), killed by SIGKILL after `kill_after` checkpoints: in a child
+    forked from this process (cluster_fixtures.fork), on one thread. How it ended (-9 when
+    killed) and its output."""
+    log = out.parent / f"killed-after-{kill_after}.log"
+
+    def child() -> int:
+        search.make_pruner = lambda name: PruneOdd()  # the child's own modules: no undo
+        save = RunDir.save_checkpoint
+        count = [0]
+
+        def save_then_maybe_die(self: RunDir, state: dict[str, Any]) -> None:
+            save(self, state)
+            count[0] += 1
+            if count[0] == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        RunDir.save_checkpoint = save_then_maybe_die  # type: ignore[method-assign]
+        args = ["study", "run", str(study), "--out", str(out), "--budget", "smoke",
+                "--root", str(root), "--no-verify"]  # fmt: skip
+        return cli.main(args)
+
+    return wait(fork(child, log)), log.read_text()
 
 
 def trials_of(out: Path) -> list[tuple[int, str, dict[str, Any], list[float]]]:
@@ -354,7 +344,7 @@ class PruneOdd(optuna.pruners.BasePruner):
 
 
 def run_in_process(study: Path, out: Path, root: Path) -> None:
-    """As `drive` does it, in this process: one torch thread (CPU sums depend on the count)."""
+    """As `drive` does it, unkilled: one torch thread (CPU sums depend on the count)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -370,21 +360,25 @@ def run_in_process(study: Path, out: Path, root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def scenario(
-    tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path
+    tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, speed_cache: Path
 ) -> tuple[Path, Path, Path]:
-    """The Done-when study at smoke: once uninterrupted, once killed twice and resumed."""
+    """The Done-when study at smoke: once uninterrupted, once killed twice and resumed.
+
+    No study here exports its final model (no test reads it), and only the figures a test
+    reads are rendered: the resumed study's Optuna figures."""
     tmp = tmp_path_factory.mktemp("scenario")
     study = write(tmp, SCENARIO)
-    reference = tmp / "reference"
-    run_in_process(study, reference, synthetic_root)
-    killed = tmp / "killed"
-    # checkpoints: 4 grid, 2 random, then trial 0's first epoch: killed mid-trial...
-    first = drive(killed, study, synthetic_root, kill_after=7)
-    assert first.returncode == -signal.SIGKILL, first.stderr
-    # ...then trial 0 resumed, and killed on trial 1's first (pruned) epoch
-    second = drive(killed, study, synthetic_root, kill_after=2)
-    assert second.returncode == -signal.SIGKILL, second.stderr
-    run_in_process(study, killed, synthetic_root)
+    reference, killed = tmp / "reference", tmp / "killed"
+    with plain_study(speed_cache):
+        run_in_process(study, reference, synthetic_root)
+    with plain_study(speed_cache, render=lambda path: "_tpe_" in path.name):
+        # checkpoints: 4 grid, 2 random, then trial 0's first epoch: killed mid-trial...
+        first, log = drive(killed, study, synthetic_root, kill_after=7)
+        assert first == -signal.SIGKILL, log
+        # ...then trial 0 resumed, and killed on trial 1's first (pruned) epoch
+        second, log = drive(killed, study, synthetic_root, kill_after=2)
+        assert second == -signal.SIGKILL, log
+        run_in_process(study, killed, synthetic_root)
     return study, reference, killed
 
 
