@@ -805,8 +805,10 @@ def test_root_in_a_symlink_loop(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 # --- through the real command, for the cases that must not even start a traceback ----------
-# Each case is a real `python -m hpstudy` process. They all start at once (`real_runs`): the
-# interpreter and torch start-up (about 4 s) is paid once per core, not once per case.
+# A deep tuple would crash the interpreter, and a payload must not run in a real one: those two
+# are real `python -m hpstudy` processes, started together (`real_runs`) so that their start-ups
+# (torch's import, about 4 s) share the cores. The unknown user and the garbage archive go
+# through the same main() in this process.
 
 
 @dataclass
@@ -815,48 +817,37 @@ class Real:
 
     result: subprocess.CompletedProcess[str]
     tmp: Path
-    path: Path | None = None
+    path: Path
 
 
-def deep_tuple(tmp: Path) -> tuple[list[str], dict[str, str], Path]:
+def deep_tuple(tmp: Path) -> tuple[list[str], Path]:
     root = small_root(tmp)
     content = b"\x80\x02}" + num(1) + b"\x85" * 1_000_000 + num(1) + b"s."
     path = put(root, "train", content)
-    return ["data", "info", "--root", str(root), "--no-verify"], {}, path
+    return ["data", "info", "--root", str(root), "--no-verify"], path
 
 
-def hostile_array(tmp: Path) -> tuple[list[str], dict[str, str], Path]:
+def hostile_array(tmp: Path) -> tuple[list[str], Path]:
     root = small_root(tmp)
     gig = array_op((10**9, 3072), b"\x00" * 6)
     path = put(root, "test", split_pickle(gig, extra=payload(tmp / "pwned")))
-    return ["data", "info", "--root", str(root), "--no-verify"], {}, path
+    return ["data", "info", "--root", str(root), "--no-verify"], path
 
 
-def unknown_user(tmp: Path) -> tuple[list[str], dict[str, str], None]:
-    return ["data", "download"], {"HPSTUDY_DATA": "~nosuchuser/data"}, None
-
-
-def garbage_archive(tmp: Path) -> tuple[list[str], dict[str, str], None]:
-    root = root_with_archive(tmp, random.Random(3).randbytes(3000))
-    return ["data", "info", "--root", str(root), "--no-verify"], {}, None
-
-
-REAL_CASES = {"deep-tuple": deep_tuple, "hostile-array": hostile_array,
-              "unknown-user": unknown_user, "garbage-archive": garbage_archive}  # fmt: skip
+REAL_CASES = {"deep-tuple": deep_tuple, "hostile-array": hostile_array}
 
 
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Real]:
     """Every REAL_CASES process, started together and waited for."""
-    cases = {name: (tmp_path_factory.mktemp(name), setup) for name, setup in REAL_CASES.items()}
-    made = {name: (tmp, *setup(tmp)) for name, (tmp, setup) in cases.items()}
+    folders = {name: tmp_path_factory.mktemp(name) for name in REAL_CASES}
+    made = {name: REAL_CASES[name](tmp) for name, tmp in folders.items()}
     results = run_together(
-        {name: argv for name, (_, argv, _, _) in made.items()},
+        {name: argv for name, (argv, _) in made.items()},
         env={"HPSTUDY_CIFAR100_URL": UNREACHABLE_URL},
-        env_of={name: env for name, (_, _, env, _) in made.items()},
         timeout=120,
     )
-    return {name: Real(results[name], tmp, path) for name, (tmp, _, _, path) in made.items()}
+    return {name: Real(results[name], folders[name], path) for name, (_, path) in made.items()}
 
 
 def test_cli_hostile_array_with_payload(real_runs: dict[str, Real]) -> None:
@@ -865,7 +856,20 @@ def test_cli_hostile_array_with_payload(real_runs: dict[str, Real]) -> None:
     assert not (run.tmp / "pwned").exists()
 
 
-def test_cli_unknown_user_and_garbage_archive(real_runs: dict[str, Real]) -> None:
-    result = real_runs["unknown-user"].result
+def main_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`hpstudy ARGS` through main() in this process, as a finished process would report it."""
+    capsys.readouterr()
+    code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, *capsys.readouterr())
+
+
+def test_cli_unknown_user_and_garbage_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        m.setenv("HPSTUDY_DATA", "~nosuchuser/data")
+        result = main_here(capsys, "data", "download")
     assert_one_line_error(result, "HPSTUDY_DATA '~nosuchuser/data'", "no such user")
-    assert_one_line_error(real_runs["garbage-archive"].result, "cannot extract")
+    root = root_with_archive(tmp_path, random.Random(3).randbytes(3000))
+    result = main_here(capsys, "data", "info", "--root", str(root), "--no-verify")
+    assert_one_line_error(result, "cannot extract")

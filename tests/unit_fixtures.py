@@ -46,19 +46,18 @@ def quick_studies() -> Iterator[None]:
 def run_together(
     commands: Mapping[str, Sequence[str]],
     env: Mapping[str, str] | None = None,
-    env_of: Mapping[str, Mapping[str, str]] | None = None,
     timeout: float = 300,
 ) -> dict[str, subprocess.CompletedProcess[str]]:
     """`python -m hpstudy ARGS` for every named ARGS, all started at once, all waited for:
     each process pays the interpreter and torch start-up (about 4 s), but side by side.
-    `env` is added to every process's environment, `env_of[name]` to that one's."""
+    `env` is added to every process's environment."""
     started = {
         name: subprocess.Popen(
             [sys.executable, "-m", "hpstudy", *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {}), **(env_of or {}).get(name, {})},
+            env={**os.environ, **(env or {})},
         )
         for name, argv in commands.items()
     }
