@@ -19,8 +19,8 @@ import pytest
 import torch
 from cifar_archive import py2_pickle_bytes, write_archive, write_cifar100
 from cli_helpers import assert_one_line_error, run_hpstudy
+from unit_fixtures import run_here
 
-from hpstudy.cli import main
 from hpstudy.data import (
     ARCHIVE_MD5,
     channel_stats,
@@ -443,10 +443,7 @@ def hpstudy_here(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyP
     def run(*args: str, data_home: Path) -> subprocess.CompletedProcess[str]:
         monkeypatch.setenv("HPSTUDY_DATA", str(data_home))
         monkeypatch.setenv("HPSTUDY_CIFAR100_URL", UNREACHABLE_URL)
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out, err)
+        return run_here(capsys, *args)
 
     return run
 

@@ -28,7 +28,7 @@ import pytest
 import torch
 from cifar_archive import py2_pickle_bytes, write_archive, write_cifar100
 from cli_helpers import assert_one_line_error
-from unit_fixtures import run_together
+from unit_fixtures import run_here, run_together
 
 import hpstudy.data.archive as archive_module
 import hpstudy.data.unpickle as unpickle_module
@@ -856,20 +856,13 @@ def test_cli_hostile_array_with_payload(real_runs: dict[str, Real]) -> None:
     assert not (run.tmp / "pwned").exists()
 
 
-def main_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`hpstudy ARGS` through main() in this process, as a finished process would report it."""
-    capsys.readouterr()
-    code = main(list(args))
-    return subprocess.CompletedProcess(list(args), code, *capsys.readouterr())
-
-
 def test_cli_unknown_user_and_garbage_archive(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with monkeypatch.context() as m:
         m.setenv("HPSTUDY_DATA", "~nosuchuser/data")
-        result = main_here(capsys, "data", "download")
+        result = run_here(capsys, "data", "download")
     assert_one_line_error(result, "HPSTUDY_DATA '~nosuchuser/data'", "no such user")
     root = root_with_archive(tmp_path, random.Random(3).randbytes(3000))
-    result = main_here(capsys, "data", "info", "--root", str(root), "--no-verify")
+    result = run_here(capsys, "data", "info", "--root", str(root), "--no-verify")
     assert_one_line_error(result, "cannot extract")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_hpstudy
 from scipy import stats
+from unit_fixtures import run_here
 
-from hpstudy import cli
 from hpstudy.config import RunConfig, make_run_config
 from hpstudy.data import load_cifar100
 from hpstudy.errors import HpstudyError
@@ -314,12 +314,7 @@ def test_bad_config_values_give_one_clear_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # in this process: the command's own main(), without a torch import per case
-    args = bad_config_args(synthetic_root, tmp_path / "r", option, value)
-    try:
-        code = cli.main(args)
-    except SystemExit as exit_:  # argparse's usage errors end the parse with an exit
-        code = exit_.code
-    result = subprocess.CompletedProcess(args, code, *capsys.readouterr())
+    result = run_here(capsys, *bad_config_args(synthetic_root, tmp_path / "r", option, value))
     assert_one_line_error(result, field)
 
 

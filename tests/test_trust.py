@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from subprocess import CompletedProcess
 
 import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, run_hpstudy
 from scipy import stats
-from unit_fixtures import quick_studies
+from unit_fixtures import quick_studies, run_here
 
-from hpstudy.cli import main
 from hpstudy.config import RunConfig
 from hpstudy.data import load_cifar100
 from hpstudy.errors import HpstudyError
@@ -393,16 +391,6 @@ def test_bad_trust_options_are_one_line(tmp_path: Path, options: dict, needle: s
     assert not (tmp_path / "o").exists()
 
 
-def hpstudy_here(capsys: pytest.CaptureFixture[str], *args: str) -> CompletedProcess[str]:
-    """`hpstudy ARGS` in this process (the command's own main(), no torch import per case)."""
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:  # argparse's usage errors end the parse with an exit
-        code = exit_.code
-    return CompletedProcess(list(args), code, *capsys.readouterr())
-
-
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [(["--seeds", "2,x"], "--seeds"), (["--until-decided", "nan"], "--until-decided")],
@@ -411,7 +399,7 @@ def test_bad_trust_flags_are_one_line(
     tmp_path: Path, flags: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = write(tmp_path, "twin", TWIN_STUDY)
-    result = hpstudy_here(capsys, "study", "run", str(spec), "--out", str(tmp_path / "o"), *flags)
+    result = run_here(capsys, "study", "run", str(spec), "--out", str(tmp_path / "o"), *flags)
     assert_one_line_error(result, needle)
     assert not (tmp_path / "o").exists()
 
@@ -429,8 +417,8 @@ def test_follow_published_without_published_winners_is_one_line(
 ) -> None:
     spec = write(tmp_path, "twin", TWIN_STUDY)
     out = tmp_path / "o"
-    result = hpstudy_here(capsys, "study", "run", str(spec), "--follow", "published",
-                          "--out", str(out))  # fmt: skip
+    result = run_here(capsys, "study", "run", str(spec), "--follow", "published",
+                      "--out", str(out))  # fmt: skip
     assert_one_line_error(result, "published_winner")
     assert not out.exists()
 

@@ -43,6 +43,20 @@ def quick_studies() -> Iterator[None]:
         yield
 
 
+def run_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`hpstudy ARGS` through hpstudy.cli.main in this process, reported as a finished process
+    is (exit status, stdout, stderr): the command's own error handling, without a new
+    interpreter and torch import per case."""
+    from hpstudy.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's usage errors end the parse with an exit
+        code = exit_.code
+    return subprocess.CompletedProcess(list(args), code, *capsys.readouterr())
+
+
 def run_together(
     commands: Mapping[str, Sequence[str]],
     env: Mapping[str, str] | None = None,
