@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import subprocess
 import tarfile
-import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 import torch
 from cifar_archive import py2_pickle_bytes, write_archive, write_cifar100
 from cli_helpers import assert_one_line_error, run_hpstudy
+from unit_fixtures import run_here
 
 from hpstudy.data import (
     ARCHIVE_MD5,
@@ -316,12 +319,23 @@ def test_archive_without_the_dataset_is_refused(
         download(tmp_path / "root", verify=False)
 
 
-def test_unreachable_url_fails_fast_with_one_line(tmp_path: Path) -> None:
+def test_unreachable_url_fails_fast_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fast by construction, not by a clock: one attempt, which nothing on port 9 accepts, no
+    # retry to wait for, and a timeout so that a server that never answers cannot hang it
+    timeouts: list[float | None] = []
+    urlopen = urllib.request.urlopen
+
+    def counted(url: str, *args: object, **kwargs: object) -> object:
+        timeouts.append(kwargs.get("timeout"))  # type: ignore[arg-type]
+        return urlopen(url, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(urllib.request, "urlopen", counted)
     root = tmp_path / "empty"
-    start = time.monotonic()
     with pytest.raises(HpstudyError) as err:
         load_cifar100(root)
-    assert time.monotonic() - start < 10
+    assert len(timeouts) == 1 and timeouts[0] is not None and 0 < timeouts[0] < math.inf
     message = str(err.value)
     assert message.startswith(f"cannot download CIFAR-100 from {UNREACHABLE_URL}: ")
     assert str(root) in message and "\n" not in message
@@ -415,6 +429,23 @@ def test_dataset_info_on_synthetic(synthetic_root: Path) -> None:
 
 
 # --- through the CLI: one line, no traceback -----------------------------------------------
+# The errors run `hpstudy.cli.main` in this process: the command's own error handling and
+# exit status, without a torch import (4 s) per case. The JSON output comes from a real
+# process: what a caller reads from its stdout must be JSON and nothing else.
+
+Hpstudy = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def hpstudy_here(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Hpstudy:
+    """`hpstudy ARGS` in this process, with the environment `hpstudy` below gives a new one."""
+
+    def run(*args: str, data_home: Path) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setenv("HPSTUDY_DATA", str(data_home))
+        monkeypatch.setenv("HPSTUDY_CIFAR100_URL", UNREACHABLE_URL)
+        return run_here(capsys, *args)
+
+    return run
 
 
 def hpstudy(*args: str, data_home: Path) -> subprocess.CompletedProcess[str]:
@@ -422,43 +453,45 @@ def hpstudy(*args: str, data_home: Path) -> subprocess.CompletedProcess[str]:
     return run_hpstudy(*args, env=env, timeout=120)
 
 
-def test_cli_wrong_md5(synthetic_root: Path, tmp_path: Path) -> None:
-    result = hpstudy("data", "info", "--root", str(synthetic_root), data_home=tmp_path)
+def test_cli_wrong_md5(synthetic_root: Path, tmp_path: Path, hpstudy_here: Hpstudy) -> None:
+    result = hpstudy_here("data", "info", "--root", str(synthetic_root), data_home=tmp_path)
     assert_one_line_error(result, "md5", str(synthetic_root / "cifar-100-python" / "train"))
 
 
-def test_cli_truncated_pickle(tmp_path: Path) -> None:
+def test_cli_truncated_pickle(tmp_path: Path, hpstudy_here: Hpstudy) -> None:
     root = small_root(tmp_path)
     train = root / "cifar-100-python" / "train"
     train.write_bytes(train.read_bytes()[:1000])
-    result = hpstudy("data", "info", "--root", str(root), "--no-verify", data_home=tmp_path)
+    result = hpstudy_here("data", "info", "--root", str(root), "--no-verify", data_home=tmp_path)
     assert_one_line_error(result, str(train), "truncated")
 
 
-def test_cli_pickle_calling_os_system(tmp_path: Path) -> None:
+def test_cli_pickle_calling_os_system(tmp_path: Path, hpstudy_here: Hpstudy) -> None:
     root = small_root(tmp_path)
     marker = tmp_path / "pwned"
     (root / "cifar-100-python" / "test").write_bytes(
         pickle.dumps(RunsCommand(f"touch {marker}"), protocol=2)
     )
-    result = hpstudy("data", "info", "--root", str(root), "--no-verify", data_home=tmp_path)
+    result = hpstudy_here("data", "info", "--root", str(root), "--no-verify", data_home=tmp_path)
     assert_one_line_error(result, "refusing to unpickle")
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("command", ["download", "info"])
-def test_cli_empty_root_unreachable_url(tmp_path: Path, command: str) -> None:
+def test_cli_empty_root_unreachable_url(
+    tmp_path: Path, command: str, hpstudy_here: Hpstudy
+) -> None:
     root = tmp_path / "empty"
-    result = hpstudy("data", command, "--root", str(root), data_home=tmp_path / "unused")
+    result = hpstudy_here("data", command, "--root", str(root), data_home=tmp_path / "unused")
     assert_one_line_error(result, "cannot download CIFAR-100", UNREACHABLE_URL, str(root))
 
 
-def test_cli_default_root_comes_from_environment(tmp_path: Path) -> None:
-    result = hpstudy("data", "download", data_home=tmp_path / "from-env")
+def test_cli_default_root_comes_from_environment(tmp_path: Path, hpstudy_here: Hpstudy) -> None:
+    result = hpstudy_here("data", "download", data_home=tmp_path / "from-env")
     assert_one_line_error(result, str(tmp_path / "from-env"))
 
 
-def test_cli_info_json(synthetic_root: Path, tmp_path: Path) -> None:
+def test_cli_info_json_from_a_real_process(synthetic_root: Path, tmp_path: Path) -> None:
     result = hpstudy(
         "data", "info", "--root", str(synthetic_root), "--json", "--no-verify", data_home=tmp_path
     )

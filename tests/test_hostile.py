@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 from cifar_archive import py2_pickle_bytes, write_cifar100
-from cli_helpers import assert_one_line_error, run_hpstudy
+from cli_helpers import assert_one_line_error
+from unit_fixtures import quick_studies, run_together
 
 from hpstudy import cli
 
@@ -401,14 +403,15 @@ def env(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """A finished run folder and a finished smoke study on the synthetic data, to doctor."""
     base = tmp_path_factory.mktemp("hostile-base")
     run = base / "run"
-    assert cli.main(["train", "--root", str(synthetic_root), "--no-verify", "--width", "0.125",
-                     "--epochs", "1", "--batch-size", "64", "--device", "cpu",
-                     "--out", str(run)]) == 0  # fmt: skip
     toml = base / "study.toml"
     toml.write_text(study_text())
     study = base / "study"
-    assert cli.main(["study", "run", str(toml), "--out", str(study), "--budget", "smoke",
-                     "--root", str(synthetic_root), "--no-verify"]) == 0  # fmt: skip
+    with quick_studies():  # no case reads the export or the figures' pixels
+        assert cli.main(["train", "--root", str(synthetic_root), "--no-verify", "--width",
+                         "0.125", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+                         "--out", str(run)]) == 0  # fmt: skip
+        assert cli.main(["study", "run", str(toml), "--out", str(study), "--budget", "smoke",
+                         "--root", str(synthetic_root), "--no-verify"]) == 0  # fmt: skip
     return {"root": synthetic_root, "run": run, "study": study, "study_toml": toml}
 
 
@@ -447,11 +450,27 @@ def test_the_corpus_is_large_enough() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case_id", ["os-system", "checkpoint-foreign-code", "name-with-slash"])
+REAL_PROCESS_CASES = ["os-system", "checkpoint-foreign-code", "name-with-slash"]
+
+
+@pytest.fixture(scope="module")
+def real_runs(
+    env: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
+    """The REAL_PROCESS_CASES as real `hpstudy` processes, all started at once: their
+    start-ups (torch's import, about 4 s) run side by side. Each has its own folder."""
+    folders = {case_id: tmp_path_factory.mktemp(case_id) for case_id in REAL_PROCESS_CASES}
+    cases = {c.id: c for c in CASES}
+    argv = {case_id: cases[case_id].setup(tmp, dict(env)) for case_id, tmp in folders.items()}
+    results = run_together(argv)
+    return {case_id: (results[case_id], folders[case_id]) for case_id in REAL_PROCESS_CASES}
+
+
+@pytest.mark.parametrize("case_id", REAL_PROCESS_CASES)
 def test_hostile_input_through_a_real_process(
-    case_id: str, env: dict[str, Path], tmp_path: Path
+    case_id: str, real_runs: dict[str, tuple[subprocess.CompletedProcess[str], Path]]
 ) -> None:
     case = next(c for c in CASES if c.id == case_id)
-    argv = case.setup(tmp_path, env)
-    assert case.needle in assert_one_line_error(run_hpstudy(*argv))
-    assert not list(tmp_path.rglob(MARKER))
+    result, tmp = real_runs[case_id]
+    assert case.needle in assert_one_line_error(result)
+    assert not list(tmp.rglob(MARKER))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, run_hpstudy
 from scipy import stats
+from unit_fixtures import quick_studies, run_here
 
 from hpstudy.config import RunConfig
 from hpstudy.data import load_cifar100
@@ -26,7 +27,8 @@ from hpstudy.study.compare import (
 )
 from hpstudy.study.state import StudyFolder
 
-TINY = dict(width=0.125, batch_size=64, limit_train=256, limit_val=100, device="cpu")
+# two steps of 64 images a run: these tests check what is recorded and compared, not learning
+TINY = dict(width=0.125, batch_size=64, limit_train=128, limit_val=100, device="cpu")
 BASE = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY.items())
 
 # two stages at the smoke budget; the published winner of stage 1 is named so that the
@@ -56,12 +58,16 @@ published.'0.0005' = {{ val_acc = 0.6 }}
 published_test_top1 = 0.697
 """
 
-# one stage of two settings that train (almost) the same: never decided
+# one stage of two settings that train (almost) the same: never decided. One step of 64
+# images per run: what the twin tests check is which runs exist, not what they learn.
+TWIN_BASE = "\n".join(
+    f"{k} = {json.dumps(v)}" for k, v in {**TINY, "limit_train": 64, "limit_val": 32}.items()
+)
 TWIN_STUDY = f"""
 name = "twin"
 seeds = [0]
 [base]
-{BASE}
+{TWIN_BASE}
 [[stages]]
 name = "learning rate"
 field = "lr"
@@ -82,8 +88,9 @@ def trust_study(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The Done-when scenario: two seeds at the smoke budget."""
     tmp = tmp_path_factory.mktemp("trust")
     out = tmp / "study"
-    run_study(write(tmp, "trust", TRUST_STUDY), out=out, budget="smoke",
-              root=str(synthetic_root), verify=False)  # fmt: skip
+    with quick_studies():  # no test here reads the exported model or the figures' pixels
+        run_study(write(tmp, "trust", TRUST_STUDY), out=out, budget="smoke",
+                  root=str(synthetic_root), verify=False)  # fmt: skip
     return out
 
 
@@ -388,17 +395,30 @@ def test_bad_trust_options_are_one_line(tmp_path: Path, options: dict, needle: s
     ("flags", "needle"),
     [(["--seeds", "2,x"], "--seeds"), (["--until-decided", "nan"], "--until-decided")],
 )
-def test_bad_trust_flags_are_one_line(tmp_path: Path, flags: list[str], needle: str) -> None:
+def test_bad_trust_flags_are_one_line(
+    tmp_path: Path, flags: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write(tmp_path, "twin", TWIN_STUDY)
-    result = run_hpstudy("study", "run", str(spec), "--out", str(tmp_path / "o"), *flags)
+    result = run_here(capsys, "study", "run", str(spec), "--out", str(tmp_path / "o"), *flags)
     assert_one_line_error(result, needle)
     assert not (tmp_path / "o").exists()
 
 
-def test_follow_published_without_published_winners_is_one_line(tmp_path: Path) -> None:
+def test_a_bad_trust_flag_is_one_line_from_a_real_process(tmp_path: Path) -> None:
+    spec = write(tmp_path, "twin", TWIN_STUDY)
+    result = run_hpstudy("study", "run", str(spec), "--out", str(tmp_path / "o"),
+                         "--until-decided", "nan")  # fmt: skip
+    assert_one_line_error(result, "--until-decided")
+    assert not (tmp_path / "o").exists()
+
+
+def test_follow_published_without_published_winners_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write(tmp_path, "twin", TWIN_STUDY)
     out = tmp_path / "o"
-    result = run_hpstudy("study", "run", str(spec), "--follow", "published", "--out", str(out))
+    result = run_here(capsys, "study", "run", str(spec), "--follow", "published",
+                      "--out", str(out))  # fmt: skip
     assert_one_line_error(result, "published_winner")
     assert not out.exists()
 
