@@ -1,5 +1,9 @@
 """The study file: its typed model (StudyConfig), loading from TOML or a built-in name, identity.
 
+Each entry of `stages` is validated by the model its `kind` names in the registry of
+stage kinds (`hpstudy.study.kinds`), so this module knows no kind by name; the same
+model reads a study file, a dict given to `hpstudy.run_study` and study.json.
+
 A study is data. Everything that changes results (base, stages' fields, values,
 epochs, overrides, selection, the final split, the budget) is its identity;
 names, descriptions, labels, seeds and published numbers are not, so fixing a
