@@ -29,7 +29,7 @@ def _study_export(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     other in-process studies (some 40 of them) leave it out to keep the suite fast. Studies
     run through the CLI in a subprocess still export."""
     if request.node.get_closest_marker("study_export") is None:
-        monkeypatch.setattr("hpstudy.study.runner.export_final", lambda *args: None)
+        monkeypatch.setattr("hpstudy.study.remote.export_final", lambda *args: None)
 
 
 # a valid 1x1 PNG: what an unmarked test's report holds in place of each rendered figure

@@ -263,7 +263,7 @@ def test_a_study_without_the_extra_says_so_in_one_line_and_finishes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from hpstudy.executors import DataOptions
-    from hpstudy.study.runner import export_final
+    from hpstudy.study.remote import export_final
 
     def missing(*args, **kwargs):
         raise export.MissingExtra(f"export needs onnxruntime: {export.INSTALL_HINT}")

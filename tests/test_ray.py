@@ -244,7 +244,7 @@ def test_ray_study_through_the_cli_matches_the_local_executor(
     # the driver may have neither the data nor a GPU: its summary and the final test
     # evaluation run as Ray tasks (fresh worker processes, where these patches do not reach)
     monkeypatch.setattr("hpstudy.data.load_cifar100", driver_must_not)
-    monkeypatch.setattr("hpstudy.study.runner.evaluate", driver_must_not)
+    monkeypatch.setattr("hpstudy.study.remote.evaluate", driver_must_not)
     out = tmp_path / "study"
     argv = ["study", "run", str(study_file), "--out", str(out), "--executor", "ray"]
     assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 0

@@ -478,13 +478,13 @@ def test_a_reused_run_whose_folder_vanished_is_trained_again(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hpstudy.study import runner
+    from hpstudy.study import session
 
     out = copy_of(finished, tmp_path)
     reused = reused_run(out)
     val_acc = RunDir(reused).read_summary().final["val_acc"]  # type: ignore[union-attr]
     (out / "state.json").unlink()
-    expand = runner.expand_stage
+    expand = session.expand_stage
 
     def vanish_before_stage_two(folder, plan, k, winners, seen):  # type: ignore[no-untyped-def]
         if k == 1:
@@ -492,7 +492,7 @@ def test_a_reused_run_whose_folder_vanished_is_trained_again(
         return expand(folder, plan, k, winners, seen)
 
     with monkeypatch.context() as patched:
-        patched.setattr(runner, "expand_stage", vanish_before_stage_two)
+        patched.setattr(session, "expand_stage", vanish_before_stage_two)
         state = run_study(study_file, out=out, root=str(synthetic_root), verify=False)
     none = state.stages[1].settings[0]
     assert none.runs[0].reused and none.runs[0].status == RunStatus.FINISHED

@@ -24,6 +24,7 @@ from hpstudy.report import figures
 from hpstudy.report.read import Run, Study
 from hpstudy.run import RunStatus
 from hpstudy.study.compare import seed_mean_interval, wilson
+from hpstudy.study.kinds import StageKind, find_kind
 from hpstudy.study.select import summarise
 from hpstudy.study.spec import format_value
 from hpstudy.study.state import METRICS, SettingState, StageState, Stat, StudyState
@@ -35,16 +36,19 @@ METRIC_TITLES = {
     "val_acc": "val acc",
 }
 BETTER = {"val_acc": "highest", "val_loss": "lowest"}
-KIND_WORDS = {
-    "values": "Varies",
-    "grid": "A joint grid over",
-    "random": "A random search over",
-    "optuna": "An Optuna TPE search over",
-}
 SEARCH_ORDER = (
     "; best first, pruned and unfinished runs last (pruned ones with the epoch they reached)"
 )
 DASH = "—"
+
+
+def kind_of(stage: StageState) -> type[StageKind]:
+    """The stage's kind, asked how to word and order it; one not installed here (a plugin
+    of the process that ran the study) is worded as any several-field stage."""
+    try:
+        return find_kind(stage.kind) or StageKind
+    except HpstudyError:  # a plugin that fails to load here: the report still reads
+        return StageKind
 FINAL_CONFIG_SHOWN = ("lr", "schedule", "weight_decay", "mixup_alpha", "epochs")
 RUN_TABLE_HEADER = ["run", "stage: setting", "seed", "status", "epochs done", "wall time",
                     "images/s", "parameters", "MACs/image"]  # fmt: skip
@@ -301,7 +305,7 @@ def title_blocks(study: Study) -> list[Block]:
     so_far = "" if state.status == "finished" else " so far"
     how = (
         "one hyperparameter at a time, each keeping the winner of the one before"
-        if all(s.kind == "values" for s in state.stages)
+        if all(kind_of(s).one_field for s in state.stages)
         else "each keeping the winners of the ones before"
     )
     grown = (f", more in stages not decided at {len(state.seeds)} (`--until-decided "
@@ -493,11 +497,11 @@ def stage_blocks(
     table = NamedTable(f"stage{k}_{slug}", header, rows, csv_header, csv_rows)
 
     what = "published value in brackets; " if published else ""
-    order = "" if stage.kind == "values" else SEARCH_ORDER
+    order = "" if kind_of(stage).one_field else SEARCH_ORDER
     blocks: list[Block] = [
         Heading(f"Stage {k}: {text(stage.name)}"),
         Para(
-            f"{KIND_WORDS[stage.kind]} {code(stage.field)} for {plural(stage.epochs, 'epoch')}. "
+            f"{kind_of(stage).words} {code(stage.field)} for {plural(stage.epochs, 'epoch')}. "
             f"Final-epoch values, mean ± sample std over the finished seeds, {what}the winner "
             f"in bold{order}."
         ),
@@ -526,7 +530,7 @@ def stage_blocks(
         ))  # fmt: skip
     else:
         blocks.append(Para(f"Figure {number} skipped: no epoch of this stage has finished yet."))
-    if stage.kind == "optuna":
+    if stage.journal is not None:  # a stage that kept an Optuna journal
         blocks += optuna_blocks(study, stage, numbers)
     # the differences figure belongs to the stage figure (Nb): no other figure is renumbered
     comparison_section, comparison_table = comparison_blocks(study, stage, f"{number}b", k, slug)
@@ -539,7 +543,7 @@ def shown_order(
 ) -> list[int]:
     """A values stage in the study file's order; a search stage's settings best first, those
     without a finished run (pruned, diverged, failed, pending) last, in their order."""
-    if stage.kind == "values":
+    if kind_of(stage).one_field:
         return list(range(len(stage.settings)))
     sign = -1 if selection == "val_acc" else 1
 
@@ -782,7 +786,7 @@ def config_flags(state: StudyState, k: int) -> tuple[str, str] | None:
             continue
         theirs = earlier.settings[labels.index(earlier.published_winner)]
         mine = earlier.settings[carried]
-        if mine.label != theirs.label and earlier.kind == "values":
+        if mine.label != theirs.label and kind_of(earlier).one_field:
             measured.append(f"{earlier.field} {format_value(mine.value)}")
             published.append(f"{earlier.field} {format_value(theirs.value)}")
         elif mine.label != theirs.label:  # a search stage's label names every field
@@ -898,7 +902,7 @@ def extra_figures(stages: list[StageState]) -> dict[int, str]:
     cosine setting gets the learning rate, the first varying `mixup_alpha` the Beta density."""
     extra: dict[int, str] = {}
     # a values stage's settings are the field's values; a search stage's are dicts
-    plain = [(k, s) for k, s in enumerate(stages) if s.kind == "values"]
+    plain = [(k, s) for k, s in enumerate(stages) if kind_of(s).one_field]
     cosine = [k for k, s in plain
               if s.field == "schedule" and any(is_cosine(x) for x in s.settings)]  # fmt: skip
     lr = cosine[0] if cosine else None

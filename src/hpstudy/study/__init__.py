@@ -1,4 +1,5 @@
-"""A study as data: the study file, the plan (one expansion), the typed state, selection, runner.
+"""A study as data: the study file, its stage kinds, the plan (one expansion), the typed state,
+selection, the session that runs it and the runner's API.
 
 The names below are the public API. They are imported on first use (PEP 562), so that
 `import hpstudy.study.budget` or the command line's parser does not import torch.
@@ -22,14 +23,23 @@ _WHERE = {
     "BUDGETS": "budget",
     "budget_epochs": "budget",
     "Plan": "plan",
+    "StudyResult": "runner",
     "default_out": "runner",
     "parse_seeds": "runner",
+    "run": "runner",
     "run_study": "runner",
-    "status_text": "runner",
-    "watch_status": "runner",
+    "StudySession": "session",
+    "Progress": "status",
+    "folder_progress": "status",
+    "status_text": "status",
+    "watch_status": "status",
+    "StageKind": "kinds",
+    "kind_of": "kinds",
+    "register_kind": "kinds",
     "select": "select",
     "summarise": "select",
     "StudyConfig": "spec",
+    "study_from": "spec",
     "builtin_names": "spec",
     "describe": "spec",
     "load_study": "spec",

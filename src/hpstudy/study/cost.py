@@ -27,9 +27,8 @@ from hpstudy.errors import HpstudyError
 from hpstudy.files import read_json, write_json
 from hpstudy.progress import duration
 from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_name
-from hpstudy.study.plan import BUDGETS, Plan, stand_ins
-from hpstudy.study.spec import Stage, StudyConfig
-from hpstudy.study.state import StudyFolder, StudyState
+from hpstudy.study.plan import BUDGETS, Plan
+from hpstudy.study.state import StudyFolder
 
 # measured steps (after warm-up ones) and eval batches: enough to steady a CPU's rate in
 # seconds, and a GPU's in well under one
@@ -89,7 +88,7 @@ def study_cost(
     of the prediction (with the final test evaluation of each seed)."""
     study = plan.study
     runs = plan.distinct_runs()
-    planned = len(study.seeds) * sum(len(stand_ins(stage)) for stage in study.stages)
+    planned = len(study.seeds) * sum(len(stage.stand_ins()) for stage in study.stages)
     done = [min(epochs_done(r), r.epochs) if epochs_done else 0 for r in runs]
     seconds = None
     if speed is not None:
@@ -225,72 +224,7 @@ def store(path: Path, key: str, speed: Speed) -> None:
         pass
 
 
-# ---------------------------------------------------------------- a study folder's progress
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a study folder stands: runs and epochs done of the plan's, and time left."""
-
-    runs_done: int
-    runs: int
-    epochs_done: int
-    epochs: int
-    seconds_per_epoch: float | None  # measured in the run folders (None: no epoch yet)
-
-    @property
-    def seconds_left(self) -> float | None:
-        if self.seconds_per_epoch is None:
-            return None
-        return (self.epochs - self.epochs_done) * self.seconds_per_epoch
-
-
-def folder_progress(folder: StudyFolder, state: StudyState) -> Progress | None:
-    """The plan of the study in `folder` (from study.json), the winners chosen so far, and
-    each run folder's epochs: what is done and what is left. None without study.json."""
-    record = folder.read_record()
-    if record is None:
-        return None
-    identity = record.identity
-    stages = [
-        Stage(name=f"stage {k + 1}", **s) for k, s in enumerate(identity.get("stages", []))
-    ]
-    study = StudyConfig(
-        name=record.name, seeds=state.seeds, base=identity.get("base", {}), stages=stages
-    )
-    seconds: list[float] = []
-    existing = set()
-    for run_dir in sorted((folder.path / "runs").glob("*")):
-        existing.add(run_dir.name)
-        seconds += [row["seconds"] for row in RunDir(run_dir).read_metrics()]
-    chosen = {
-        k: stage.winner for k, stage in enumerate(state.stages) if stage.winner is not None
-    }
-    index = {id(stage): k for k, stage in enumerate(study.stages)}
-
-    def planned(device_type: str) -> list[RunConfig]:
-        plan = Plan(study, record.budget, device_type)
-        try:
-            return plan.distinct_runs(lambda stage: chosen.get(index[id(stage)], 0))
-        except HpstudyError:  # fp16 on a CPU: the study ran on the other device
-            return []
-
-    # `auto` precision names runs differently on a CPU and a GPU: the device is the one
-    # whose run names the folder holds
-    runs = max(
-        (planned(d) for d in ("cpu", "cuda")),
-        key=lambda rs: sum(r.run_hash() in existing for r in rs),
-    )
-    if not runs:
-        return None
-    done = [epochs_in(folder, run) for run in runs]
-    return Progress(
-        runs_done=sum(d >= r.epochs for r, d in zip(runs, done, strict=True)),
-        runs=len(runs),
-        epochs_done=sum(done),
-        epochs=sum(r.epochs for r in runs),
-        seconds_per_epoch=sum(seconds) / len(seconds) if seconds else None,
-    )
+# ---------------------------------------------------------------- a study folder
 
 
 def epochs_in(folder: StudyFolder, config: RunConfig) -> int:
@@ -332,7 +266,6 @@ def cost_block(name: str, cost: StudyCost, cheaper: list[StudyCost], speed: Spee
 
 
 __all__ = [
-    "Progress",
     "Speed",
     "StudyCost",
     "budget_costs",
@@ -340,7 +273,6 @@ __all__ = [
     "epoch_images",
     "epoch_seconds",
     "epochs_in",
-    "folder_progress",
     "measure_speed",
     "study_cost",
 ]

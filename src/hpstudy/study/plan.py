@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,7 @@ from hpstudy.study.budget import (
     budget_epochs,
     budget_warmup,
 )
-from hpstudy.study.search import corners, draw_random, label_of
-from hpstudy.study.spec import AnyStage, GridStage, OptunaStage, RandomStage, Stage, StudyConfig
+from hpstudy.study.spec import StudyConfig
 
 # beyond this many combinations of earlier winners, each is checked on its own
 MAX_WINNER_COMBINATIONS = 4096
@@ -39,7 +37,7 @@ def is_count(value: Any) -> bool:
 class PlannedRun:
     setting: int  # index into the stage's settings
     label: str
-    value: Any  # a values stage's value; a search stage's {field: value}
+    value: Any  # what the stage's `assignment` takes: a values stage's value, else {field: value}
     seed: int
     config: RunConfig
 
@@ -56,8 +54,8 @@ class Plan:
         self.device_type = device_type
 
     def config(self, k: int, value: Any, winners: dict[str, Any], seed: int) -> RunConfig:
-        """Stage `k`'s run of `value` (a search stage's: {field: value}) for `seed`, starting
-        from the winners so far."""
+        """Stage `k`'s run of `value` (a setting's value, as the stage's `assignment` takes it)
+        for `seed`, starting from the winners so far."""
         study, stage = self.study, self.study.stages[k]
         values = {**study.base, **winners, **stage.overrides, **stage.assignment(value)}
         for key, limit in BUDGET_LIMITS.get(self.budget, {}).items():
@@ -69,7 +67,7 @@ class Plan:
         values.update(epochs=budget_epochs(stage.epochs, self.budget), seed=seed)
         if study.split_follows_seed:
             values["split_seed"] = seed
-        shown = f"{stage.field} = {value!r}" if isinstance(stage, Stage) else label_of(value)
+        shown = stage.setting_text(value)
         where = f"{study.source}: stage {k + 1} ({stage.name}), {shown}, budget {self.budget}"
         config = parse_model(RunConfig, values, where)
         if self.device_type is None:
@@ -87,7 +85,7 @@ class Plan:
     ) -> list[PlannedRun]:
         return [
             PlannedRun(i, label, value, seed, self.config(k, value, winners, seed))
-            for i, (label, value) in enumerate(settings(self.study.stages[k]))
+            for i, (label, value) in enumerate(self.study.stages[k].settings())
             for seed in (seeds if seeds is not None else self.study.seeds)
         ]
 
@@ -97,7 +95,7 @@ class Plan:
         self.config_for_base()
         stages = self.study.stages
         for k in range(len(stages)):
-            earlier = [[stages[j].assignment(v) for v in candidates(stages[j])] for j in range(k)]
+            earlier = [[stages[j].assignment(v) for v in stages[j].candidates()] for j in range(k)]
             if math.prod(len(c) for c in earlier) <= MAX_WINNER_COMBINATIONS:
                 combos = (
                     {key: v for assignment in pick for key, v in assignment.items()}
@@ -106,7 +104,7 @@ class Plan:
             else:
                 combos = (assignment for c in earlier for assignment in c)
             for winners in combos:
-                for value in candidates(stages[k]):
+                for value in stages[k].candidates():
                     self.config(k, value, winners, self.study.seeds[0])
 
     def config_for_base(self) -> RunConfig:
@@ -114,59 +112,26 @@ class Plan:
         config = parse_model(RunConfig, self.study.base, where)
         return config if self.device_type is None else config.for_device(self.device_type)
 
-    def distinct_runs(self, pick: Callable[[AnyStage], int] | None = None) -> list[RunConfig]:
-        """Every run the study trains, once each, with `pick(stage)` as each stage's winner
-        (default: the published winner where named, else the first setting)."""
-        pick = pick or published_or_first
+    def distinct_runs(
+        self,
+        chosen: dict[int, Any] | None = None,
+        tried: dict[int, list[Any]] | None = None,
+    ) -> list[RunConfig]:
+        """Every run the study trains, once each. Stage k tries `tried[k]` (the settings it
+        tried so far) and then the rest of its stand-ins, and carries `chosen[k]` (a value
+        its `assignment` takes) to the later stages; by default, its stand-ins and the one
+        it assumes wins (the published winner where named, else the first)."""
+        chosen, tried = chosen or {}, tried or {}
         runs: dict[str, RunConfig] = {}
         for seed in self.study.seeds:
             winners: dict[str, Any] = {}
             for k, stage in enumerate(self.study.stages):
-                values = stand_ins(stage)
+                stand_ins = stage.stand_ins()
+                done = tried.get(k, [])
+                values = done + stand_ins[len(done) :]
                 for value in values:
                     config = self.config(k, value, winners, seed)
                     runs.setdefault(config.run_hash(), config)
-                winners.update(stage.assignment(values[pick(stage)]))
+                carried = chosen[k] if k in chosen else stand_ins[stage.assumed_winner()]
+                winners.update(stage.assignment(carried))
         return list(runs.values())
-
-
-def settings(stage: AnyStage) -> list[tuple[str, Any]]:
-    """(label, value) of each setting a values, grid or random stage trains, in order; an
-    optuna stage's settings are its trials, known only as they are asked."""
-    if isinstance(stage, Stage):
-        return [(stage.label(i), value) for i, value in enumerate(stage.values)]
-    if isinstance(stage, GridStage):
-        names = list(stage.grid)
-        assignments = [
-            dict(zip(names, pick, strict=True)) for pick in itertools.product(*stage.grid.values())
-        ]
-    elif isinstance(stage, RandomStage):
-        assignments = draw_random(stage.space, stage.n, stage.sampler_seed)
-    else:
-        raise ValueError(f"stage {stage.name!r}: an optuna stage's settings are its trials")
-    return [(label_of(a), a) for a in assignments]
-
-
-def candidates(stage: AnyStage) -> list[Any]:
-    """Values standing for whatever the stage may pick: its settings, and for a search
-    stage each bound and each choice of each field (a bad space is refused as written,
-    whichever draws it happens to give)."""
-    if isinstance(stage, OptunaStage):
-        return corners(stage.space)
-    found = [value for _, value in settings(stage)]
-    return found + corners(stage.space) if isinstance(stage, RandomStage) else found
-
-
-def stand_ins(stage: AnyStage) -> list[Any]:
-    """The settings a stage trains; for an optuna stage, `n_trials` draws of its space (at
-    most that many runs: pruning stops some early)."""
-    if isinstance(stage, OptunaStage):
-        return draw_random(stage.space, stage.n_trials, stage.sampler_seed)
-    return [value for _, value in settings(stage)]
-
-
-def published_or_first(stage: AnyStage) -> int:
-    if not isinstance(stage, Stage):
-        return 0
-    labels = stage.settings()
-    return labels.index(stage.published_winner) if stage.published_winner in labels else 0

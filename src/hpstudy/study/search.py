@@ -1,7 +1,8 @@
 """Search stages: random draws from a space, and Optuna TPE trials kept in a journal file.
 
-A random stage is a fixed list of settings (seeded draws), expanded by the plan
-like any stage. An optuna stage asks its settings one at a time: each trial's
+A random stage is a fixed list of settings (seeded draws, `hpstudy.study.kinds.space`),
+expanded by the plan like any stage. An optuna stage asks its settings one at a time
+(`OptunaSearch`, the optuna kind's `Search`): each trial's
 parameters give a RunConfig, its hash a run folder (a trial proposed twice
 reuses the run), and the trial's result is read back from that folder. The
 Optuna study lives in `STUDY/optuna/stage<k>-<winners>.journal` (Optuna's
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +29,9 @@ import numpy as np
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import Job, TrialRef
 from hpstudy.run import MetricRow, RunDir, RunStatus
-from hpstudy.study.spec import Distribution, OptunaStage, format_value
+from hpstudy.study.kinds import label_of
+from hpstudy.study.kinds.optuna import OptunaStage
+from hpstudy.study.kinds.space import Distribution, corners, draw_random
 from hpstudy.study.state import RunEntry, SettingState, StageState, StudyFolder
 
 if TYPE_CHECKING:
@@ -40,44 +42,7 @@ if TYPE_CHECKING:
 JOURNAL_FOLDER = "optuna"
 
 
-# ---------------------------------------------------------------- spaces
-
-
-def label_of(assignment: dict[str, Any]) -> str:
-    return ", ".join(f"{name}={format_value(v)}" for name, v in assignment.items())
-
-
-def draw(d: Distribution, rng: np.random.Generator) -> Any:
-    if d.choice is not None:
-        return d.choice[int(rng.integers(len(d.choice)))]
-    lo, hi = d.bounds
-    if d.kind == "int":
-        return int(rng.integers(lo, hi + 1))
-    if d.kind == "log_uniform":
-        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    return float(rng.uniform(lo, hi))
-
-
-def draw_random(space: dict[str, Distribution], n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` draws from `space` with numpy's generator seeded by `seed`; a draw equal to an
-    earlier one is dropped (it would be the same run)."""
-    rng = np.random.default_rng([seed])
-    drawn: dict[str, dict[str, Any]] = {}
-    for _ in range(n):
-        assignment = {name: draw(d, rng) for name, d in space.items()}
-        drawn.setdefault(json.dumps(assignment, sort_keys=True), assignment)
-    return list(drawn.values())
-
-
-def corners(space: dict[str, Distribution]) -> list[dict[str, Any]]:
-    """Settings that together reach every bound and every choice of every field."""
-    first = {name: d.extremes()[0] for name, d in space.items()}
-    found = {json.dumps(first, sort_keys=True): first}
-    for name, d in space.items():
-        for value in d.extremes():
-            assignment = {**first, name: value}
-            found.setdefault(json.dumps(assignment, sort_keys=True), assignment)
-    return list(found.values())
+# ---------------------------------------------------------------- runs
 
 
 def needs_training(status: RunStatus, reused: bool) -> bool:
@@ -288,13 +253,18 @@ class OptunaSearch:
                 return job
         return None
 
-    def jobs(self, started: list[int]) -> Iterator[Job]:
+    def headline(self) -> str:
+        return (
+            f"{self.stage.n_trials} Optuna trials ({len(self.trials)} asked before), "
+            f"journal {self.journal}"
+        )
+
+    def jobs(self) -> Iterator[Job]:
         """The jobs of this round, pulled one by one as workers free up: before each, the
         trials whose runs ended are told, and a new trial is asked only when no known one
         has a run to train."""
         while True:
-            for trial in self.trials.values():
-                self.settle(trial)
+            self.tell()
             job = next(
                 (j for t in self.trials.values() if (j := self.ready_job(t)) is not None), None
             )
@@ -304,20 +274,12 @@ class OptunaSearch:
                     continue  # a trial proposed again whose runs are done: told next time
             if job is None:
                 return
-            started.append(1)
             yield job
 
-    def run(self, runner: Any, on_change: Callable[[StageState], None]) -> StageState:
-        """Ask, run and tell until `n_trials` trials are asked and every runnable run ran."""
-        on_change(self.stage_state())
-        while True:
-            started: list[int] = []
-            runner.run(self.jobs(started))
-            for trial in self.trials.values():
-                self.settle(trial)
-            on_change(self.stage_state())
-            if not started:
-                return self.stage_state()
+    def tell(self) -> None:
+        """Tell Optuna the outcome of every trial whose runs say it."""
+        for trial in self.trials.values():
+            self.settle(trial)
 
     def stage_state(self) -> StageState:
         settings = [
@@ -334,12 +296,12 @@ class OptunaSearch:
         epochs = self.plan.config(self.k, first, self.winners, self.plan.study.seeds[0]).epochs
         return StageState(
             name=self.stage.name,
-            field=self.stage.field,
+            field=self.stage.varied_text(),
             figure=self.stage.figure,
             epochs=epochs,
             settings=settings,
             published_winner=None,
-            kind="optuna",
+            kind=self.stage.kind,
             journal=self.journal.relative_to(self.folder.path).as_posix(),
             optuna_study=self.study_name,
         )

@@ -1,5 +1,9 @@
 """The study file: its typed model (StudyConfig), loading from TOML or a built-in name, identity.
 
+Each entry of `stages` is validated by the model its `kind` names in the registry of
+stage kinds (`hpstudy.study.kinds`), so this module knows no kind by name; the same
+model reads a study file, a dict given to `hpstudy.run_study` and study.json.
+
 A study is data. Everything that changes results (base, stages' fields, values,
 epochs, overrides, selection, the final split, the budget) is its identity;
 names, descriptions, labels, seeds and published numbers are not, so fixing a
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import tomllib
 import unicodedata
@@ -19,313 +22,56 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
+    PlainValidator,
     PrivateAttr,
-    Tag,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from hpstudy.config import MAX_SEED, RunConfig
+from hpstudy.config import MAX_SEED
 from hpstudy.errors import HpstudyError
 from hpstudy.files import errors_message
+from hpstudy.study.kinds import (
+    RESERVED_FIELDS,
+    Scalar,
+    StageKind,
+    find_kind,
+    format_value,
+    kinds,
+)
+from hpstudy.study.kinds.values import Published as Published  # state.json holds them
 
-# fields a stage may not vary: the study decides them
-RESERVED_FIELDS = frozenset({"seed", "epochs"})
 MAX_NAME = 100
-MAX_DRAWS = 10_000  # settings of one random or optuna stage
 # control, format, surrogate and line/paragraph-separator characters: never in a name
 NON_PRINTING = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 Selection = Literal["val_acc", "val_loss"]
 
 
-def scalar(value: Any) -> Any:
-    """A RunConfig value in a study file is a number, a string or a boolean: TOML dates,
-    times, arrays and tables mean nothing to a run."""
-    if not isinstance(value, bool | int | float | str):
-        raise ValueError(f"must be a number, string or boolean, not a {type(value).__name__}")
-    return value
-
-
-Scalar = Annotated[Any, AfterValidator(scalar)]
-
-
-class Published(BaseModel):
-    """A setting's values as the published study printed them."""
-
-    model_config = ConfigDict(extra="forbid")
-    train_loss: float | None = None
-    train_acc: float | None = None
-    val_loss: float | None = None
-    val_acc: float | None = None
-
-
-class StageCommon(BaseModel):
-    """What every kind of stage has: a name, a horizon, fixed overrides, a figure number."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    epochs: int = Field(ge=1)
-    overrides: dict[str, Scalar] = {}
-    figure: int | None = Field(None, ge=1)  # the stage figure's number in the report
-
-    def varied(self) -> list[str]:
-        """The RunConfig fields this stage varies."""
-        raise NotImplementedError
-
-    def check_overrides(self) -> None:
-        for key in ("seed", "epochs", *self.varied()):
-            if key in self.overrides:
-                raise ValueError(f"overrides may not set {key!r}")
-
-    def assignment(self, value: Any) -> dict[str, Any]:
-        """The fields a setting's value sets: a search stage's value is already that dict."""
-        return dict(value)
-
-
-class Stage(StageCommon):
-    """kind "values" (the default): one field, a list of values."""
-
-    kind: Literal["values"] = "values"
-    field: str
-    values: list[Scalar] = Field(min_length=1)
-    labels: list[str] | None = None
-    published: dict[str, Published] = {}
-    published_winner: str | None = None
-
-    @field_validator("field")
-    @classmethod
-    def _known_field(cls, v: str) -> str:
-        return known_field(v)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Stage:
-        if self.labels is not None and len(self.labels) != len(self.values):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.values)} values")
-        if len({json.dumps(v, sort_keys=True) for v in self.values}) != len(self.values):
-            raise ValueError("values repeat")
-        if len(set(self.settings())) != len(self.values):
-            raise ValueError("two values have the same label")
-        unknown = sorted(set(self.published) - set(self.settings()))
-        if unknown:
-            raise ValueError(f"published values for unknown settings {unknown}")
-        if self.published_winner is not None and self.published_winner not in self.settings():
-            raise ValueError(f"published_winner {self.published_winner!r} is not a setting")
-        self.check_overrides()
-        return self
-
-    def varied(self) -> list[str]:
-        return [self.field]
-
-    def assignment(self, value: Any) -> dict[str, Any]:
-        return {self.field: value}
-
-    def label(self, i: int) -> str:
-        return self.labels[i] if self.labels else format_value(self.values[i])
-
-    def settings(self) -> list[str]:
-        return [self.label(i) for i in range(len(self.values))]
-
-    def identity(self) -> dict[str, Any]:
-        # exactly the identity of a stage before stage kinds existed: old folders stay valid
-        return {
-            "field": self.field,
-            "values": self.values,
-            "epochs": self.epochs,
-            "overrides": self.overrides,
-        }
-
-
-def known_field(name: str) -> str:
-    if name not in RunConfig.model_fields or name in RESERVED_FIELDS:
-        raise ValueError(f"{name!r} is not a RunConfig field a stage can vary")
-    return name
-
-
-def number(v: Any) -> float:
-    """A bound of a distribution: a finite int or float as TOML wrote it, never a string."""
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ValueError(f"bounds must be finite numbers (got {v!r})")
-    return v
-
-
-Bound = Annotated[Any, AfterValidator(number)]
-
-
-class Distribution(BaseModel):
-    """One field's distribution in a search space: exactly one of choice, uniform,
-    log_uniform (bounds > 0) or int (integer bounds, both included)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    choice: list[Scalar] | None = Field(None, min_length=1)
-    uniform: tuple[Bound, Bound] | None = None
-    log_uniform: tuple[Bound, Bound] | None = None
-    int_: tuple[Bound, Bound] | None = Field(None, alias="int")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Distribution:
-        given = [k for k in DISTRIBUTIONS if getattr(self, attr(k)) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)}")
-        if self.choice is not None:
-            if len({json.dumps(v) for v in self.choice}) != len(self.choice):
-                raise ValueError("choices repeat")
-            return self
-        lo, hi = getattr(self, attr(given[0]))
-        if self.int_ is not None:
-            if not (isinstance(lo, int) and isinstance(hi, int)):
-                raise ValueError(f"int bounds must be integers (got {lo!r}, {hi!r})")
-            if lo > hi:
-                raise ValueError(f"int bounds reversed ({lo} > {hi})")
-        elif not lo < hi:
-            raise ValueError(f"{given[0]} bounds must be increasing (got {lo!r}, {hi!r})")
-        if self.log_uniform is not None and lo <= 0:
-            raise ValueError(f"log_uniform bounds must be > 0 (got {lo!r})")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in DISTRIBUTIONS if getattr(self, attr(k)) is not None)
-
-    @property
-    def bounds(self) -> tuple[Any, Any]:
-        return getattr(self, attr(self.kind))
-
-    def extremes(self) -> list[Any]:
-        """The values a draw can reach at the edges: every choice, or both bounds."""
-        return list(self.choice) if self.choice is not None else list(self.bounds)
-
-    def spec(self) -> dict[str, Any]:
-        """As the study file writes it: {"log_uniform": [0.01, 0.3]}."""
-        value = self.choice if self.choice is not None else list(self.bounds)
-        return {self.kind: value}
-
-    def describe(self) -> str:
-        if self.choice is not None:
-            return "choice(" + ", ".join(format_value(v) for v in self.choice) + ")"
-        lo, hi = self.bounds
-        return f"{self.kind}({format_value(lo)}, {format_value(hi)})"
-
-
-DISTRIBUTIONS = ("choice", "uniform", "log_uniform", "int")
-
-
-def attr(kind: str) -> str:
-    return "int_" if kind == "int" else kind
-
-
-class GridStage(StageCommon):
-    """kind "grid": several fields varied jointly, every combination of their values."""
-
-    kind: Literal["grid"]
-    grid: dict[str, list[Scalar]] = Field(min_length=1)
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for name, values in v.items():
-            known_field(name)
-            if not values:
-                raise ValueError(f"{name}: no values")
-            if len({json.dumps(x) for x in values}) != len(values):
-                raise ValueError(f"{name}: values repeat")
-        return v
-
-    @model_validator(mode="after")
-    def _overrides(self) -> GridStage:
-        self.check_overrides()
-        return self
-
-    def varied(self) -> list[str]:
-        return list(self.grid)
-
-    @property
-    def field(self) -> str:
-        """The varied fields as one name ("lr, weight_decay"), as the state and report say it."""
-        return ", ".join(self.varied())
-
-    def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "grid": self.grid, "epochs": self.epochs,
-                "overrides": self.overrides}  # fmt: skip
-
-
-class SearchStage(StageCommon):
-    """What random and optuna stages share: a space of distributions and a sampler seed."""
-
-    space: dict[str, Distribution] = Field(min_length=1)
-    sampler_seed: int = Field(0, ge=0, le=MAX_SEED)
-
-    @field_validator("space")
-    @classmethod
-    def _space(cls, v: dict[str, Distribution]) -> dict[str, Distribution]:
-        for name in v:
-            known_field(name)
-        return v
-
-    @model_validator(mode="after")
-    def _overrides(self) -> SearchStage:
-        self.check_overrides()
-        return self
-
-    def varied(self) -> list[str]:
-        return list(self.space)
-
-    @property
-    def field(self) -> str:
-        """The varied fields as one name ("lr, weight_decay"), as the state and report say it."""
-        return ", ".join(self.varied())
-
-    def space_identity(self) -> dict[str, Any]:
-        return {name: d.spec() for name, d in self.space.items()}
-
-
-class RandomStage(SearchStage):
-    """kind "random": `n` settings drawn from the space with the sampler seed."""
-
-    kind: Literal["random"]
-    n: int = Field(ge=1, le=MAX_DRAWS)
-
-    def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "space": self.space_identity(), "n": self.n,
-                "sampler_seed": self.sampler_seed, "epochs": self.epochs,
-                "overrides": self.overrides}  # fmt: skip
-
-
-class OptunaStage(SearchStage):
-    """kind "optuna": `n_trials` of Optuna's seeded TPE sampler, optionally pruned."""
-
-    kind: Literal["optuna"]
-    n_trials: int = Field(ge=1, le=MAX_DRAWS)
-    pruner: Literal["median", "asha"] | None = None
-
-    def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "space": self.space_identity(), "n_trials": self.n_trials,
-                "pruner": self.pruner, "sampler_seed": self.sampler_seed,
-                "epochs": self.epochs, "overrides": self.overrides}  # fmt: skip
-
-
-def stage_kind(raw: Any) -> str:
-    kind = raw.get("kind", "values") if isinstance(raw, dict) else getattr(raw, "kind", "values")
-    return kind if kind in STAGE_KINDS else "unknown"
-
-
-STAGE_KINDS = ("values", "grid", "random", "optuna")
-AnyStage = Annotated[
-    Annotated[Stage, Tag("values")]
-    | Annotated[GridStage, Tag("grid")]
-    | Annotated[RandomStage, Tag("random")]
-    | Annotated[OptunaStage, Tag("optuna")],
-    Discriminator(
-        stage_kind,
-        custom_error_type="stage_kind",
-        custom_error_message=f"kind must be one of {', '.join(STAGE_KINDS)}",
-    ),
-]
+def stage_of(raw: Any) -> StageKind:
+    """One entry of `stages`, validated by the registered model of its `kind` (default
+    "values"); errors are located inside the entry, as the file writes it (`stages.0.field`)."""
+    if isinstance(raw, StageKind):
+        return raw
+    name = raw.get("kind", "values") if isinstance(raw, dict) else "values"
+    try:
+        kind = find_kind(name)
+    except HpstudyError as err:  # a plugin that fails to load
+        raise PydanticCustomError("stage_kind", "{why}", {"why": str(err)}) from None
+    if kind is None:
+        raise PydanticCustomError(
+            "stage_kind", "kind must be one of {kinds}", {"kinds": ", ".join(kinds())}
+        )
+    return kind.model_validate(raw)
+
+
+# a stage of any registered kind: validated by its kind's model, dumped with its own fields
+AnyStage = Annotated[SerializeAsAny[StageKind], PlainValidator(stage_of)]
 
 
 class Final(BaseModel):
@@ -405,7 +151,7 @@ class StudyConfig(BaseModel):
             raise ValueError(f"figure numbers repeat: {sorted(numbers)}")
         if self.split_follows_seed and (
             "split_seed" in self.base
-            or any("split_seed" in (s.field, *s.overrides) for s in self.stages)
+            or any("split_seed" in (*s.varied(), *s.overrides) for s in self.stages)
         ):
             raise ValueError("split_follows_seed sets every run's split_seed: the study may not")
         for key in self.base:
@@ -426,48 +172,27 @@ class StudyConfig(BaseModel):
             "budget": budget,
         }
 
+    def as_file(self) -> dict[str, Any]:
+        """The study as its file holds it (each stage with its own kind's fields), in JSON's
+        types: `validate_study` of it is this study again (study.json keeps it)."""
+        return self.model_dump(mode="json", by_alias=True)
+
     def identity_hash(self, budget: str) -> str:
         text = json.dumps(self.identity(budget), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def validate_study(raw: dict[str, Any], where: str) -> StudyConfig:
-    """`raw` as a StudyConfig, or one HpstudyError; a stage's errors are located as the file
-    writes them (`stages.0.field`), without the stage kind pydantic adds to the location."""
+    """`raw` as a StudyConfig, or one HpstudyError naming `where`."""
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
-        errors = [
-            {**e, "loc": e["loc"][:2] + e["loc"][3:]}
-            if len(e["loc"]) > 2 and e["loc"][0] == "stages" and e["loc"][2] in STAGE_KINDS
-            else e
-            for e in err.errors()
-        ]
-        raise HpstudyError(f"{where}: {errors_message(errors)}") from None
+        raise HpstudyError(f"{where}: {errors_message(err.errors())}") from None
 
 
-def describe_stage(stage: AnyStage) -> str:
+def describe_stage(stage: StageKind) -> str:
     """What a stage tries, in one phrase."""
-    if isinstance(stage, Stage):
-        return f"{stage.field} in [{', '.join(stage.settings())}]"
-    if isinstance(stage, GridStage):
-        sizes = " x ".join(str(len(v)) for v in stage.grid.values())
-        axes = ", ".join(
-            f"{name} in [{', '.join(format_value(v) for v in values)}]"
-            for name, values in stage.grid.items()
-        )
-        return f"grid of {sizes} = {math.prod(len(v) for v in stage.grid.values())}: {axes}"
-    space = ", ".join(f"{name} ~ {d.describe()}" for name, d in stage.space.items())
-    if isinstance(stage, RandomStage):
-        return f"random search, {stage.n} draws (seed {stage.sampler_seed}): {space}"
-    pruner = {"median": "median pruner", "asha": "ASHA pruner", None: "no pruner"}[stage.pruner]
-    return (
-        f"Optuna TPE, {stage.n_trials} trials (seed {stage.sampler_seed}, {pruner}): {space}"
-    )
-
-
-def format_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    return stage.describe()
 
 
 def builtin_names() -> list[str]:
@@ -506,16 +231,38 @@ def parse_study(text: str, where: str) -> StudyConfig:
         raise HpstudyError(f"{where}: not valid TOML ({err})") from None
     study = validate_study(raw, where)
     study._source = where
-    for k, stage in enumerate(study.stages):
-        if stage.kind == "optuna":
-            try:
-                import optuna  # noqa: F401
-            except ImportError:
-                raise HpstudyError(
-                    f"{where}: stage {k + 1} ({stage.name}) is an optuna stage, which needs "
-                    "Optuna: pip install 'hpstudy[optuna]'"
-                ) from None
+    check_installed(study)
     return study
+
+
+def check_installed(study: StudyConfig) -> None:
+    """Every stage's kind has what it needs (Optuna for an optuna stage), or one line."""
+    for k, stage in enumerate(study.stages):
+        if (needs := stage.missing()) is not None:
+            raise HpstudyError(
+                f"{study.source}: stage {k + 1} ({stage.name}) is a {stage.kind_name()} stage, "
+                f"which needs {needs}"
+            )
+
+
+def study_from(study: StudyConfig | dict[str, Any] | str | Path) -> StudyConfig:
+    """A StudyConfig from what a caller has: itself, a dict as the study file would hold
+    it, a TOML file or a built-in name; every problem is one HpstudyError."""
+    if isinstance(study, StudyConfig):
+        check_installed(study)
+        return study
+    if isinstance(study, dict):
+        name = study.get("name")
+        where = f"study {name!r} (a dict)" if isinstance(name, str) else "study (a dict)"
+        config = validate_study(study, where)
+        config._source = where
+        check_installed(config)
+        return config
+    if isinstance(study, str | Path):
+        return load_study(study)
+    raise HpstudyError(
+        f"study: a StudyConfig, a dict, a TOML file or a built-in name (got {type(study).__name__})"
+    )
 
 
 def load_study(spec: str | Path) -> StudyConfig:

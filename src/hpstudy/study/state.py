@@ -21,7 +21,7 @@ from hpstudy.files import read_model, write_model
 from hpstudy.run import RunStatus
 from hpstudy.run.folder import not_a_folder
 from hpstudy.study.lock import LOCK_NAME, check_free, hold
-from hpstudy.study.spec import Published, ReportSpec, Selection
+from hpstudy.study.spec import Published, ReportSpec, Selection, StudyConfig, validate_study
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 StudyStatus = Literal["running", "incomplete", "finished"]
@@ -50,7 +50,7 @@ class RunEntry(Record):
 
 
 class SettingState(Record):
-    value: Any  # a values stage's value; a grid, random or optuna stage's {field: value}
+    value: Any  # what the stage's `assignment` takes: a values stage's value, else {field: value}
     label: str
     runs: list[RunEntry]
     published: Published | None
@@ -90,7 +90,7 @@ class StageState(Record):
     tie: bool = False  # the winner and runner-up have the same mean
     tie_break: str | None = None  # how a tie was broken
     verdict: str | None = None
-    kind: str = "values"  # values, grid, random or optuna
+    kind: str = "values"  # the stage kind's name (hpstudy.study.kinds)
     journal: str | None = None  # an optuna stage's journal, relative to the study folder
     optuna_study: str | None = None  # its study's name in that journal
     comparisons: list[Comparison] = []  # the winner against every other usable setting
@@ -179,12 +179,27 @@ class StudyState(Record):
 
 
 class StudyRecord(Record):
-    """study.json: which study a folder holds, at which budget."""
+    """study.json: which study a folder holds, at which budget, and the study itself.
+
+    `study` is the study as its file holds it (`StudyConfig.as_file`), read back with
+    the same parser as the file (`StudyFolder.read_study`); a folder written before it
+    was kept has only the identity."""
 
     name: str
     budget: str
     study_hash: str
     identity: dict[str, Any]
+    study: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, study: StudyConfig, budget: str) -> StudyRecord:
+        return cls(
+            name=study.name,
+            budget=budget,
+            study_hash=study.identity_hash(budget),
+            identity=study.identity(budget),
+            study=study.as_file(),
+        )
 
 
 # what hpstudy may leave in a study folder before its study.json exists
@@ -271,10 +286,42 @@ class StudyFolder:
 
     def claim(self, record: StudyRecord) -> None:
         """Under `lock()`: check the folder again (another run may have claimed it since the
-        first check) and write study.json."""
+        first check) and write study.json; rewritten where the study changed without
+        changing its identity (seeds, names, labels), so it holds the study that runs."""
         self.check_holds(record)
-        if not self.record_path.exists():
+        if self.read_record() != record:
             write_model(self.record_path, record)
+
+    def read_study(self) -> StudyConfig:
+        """The study this folder holds, parsed from study.json like a study file (with each
+        stage's own kind), or one HpstudyError saying why it cannot be. A folder written
+        before study.json kept the study is rebuilt from its identity (stages named by
+        their number), which every built-in kind's identity allows."""
+        record = self.read_record()
+        if record is None:
+            raise HpstudyError(f"{self.path}: no study.json")
+        where = f"{self.record_path}"
+        if record.study is not None:
+            raw = record.study
+        else:
+            identity = record.identity
+            raw = {
+                "name": record.name,
+                "base": identity.get("base", {}),
+                "selection": identity.get("selection", "val_acc"),
+                "split_follows_seed": identity.get("split_follows_seed", False),
+                "final": identity.get("final", {}),
+                "stages": [
+                    {"name": f"stage {k + 1}", **stage}
+                    for k, stage in enumerate(identity.get("stages", []))
+                ],
+            }
+            where += " (its identity: written before study.json kept the study)"
+        study = validate_study(raw, where)
+        study._source = where
+        if study.identity_hash(record.budget) != record.study_hash:
+            raise HpstudyError(f"{where}: does not rebuild the study of hash {record.study_hash}")
+        return study
 
     def read_state(self) -> StudyState:
         if not self.state_path.is_file():

@@ -1,0 +1,90 @@
+"""The study's work that runs where its runs run, handed to `Executor.call`.
+
+The driver may have neither the data nor a GPU: the data summary, per-image
+outcomes, the final test evaluation, the export of the final model and the
+environment are read or computed by these functions in the executor's process (a
+worker, a Ray task, a SLURM job). Each takes picklable arguments and, last, the
+device the executor gives it.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from rich.markup import escape
+
+from hpstudy import __version__, data
+from hpstudy.errors import HpstudyError
+from hpstudy.executors import DataOptions
+from hpstudy.progress import log
+from hpstudy.run import RunDir, evaluate, image_outcomes, load_data
+from hpstudy.study.select import SeedOutcomes
+
+
+def data_summary(
+    options: DataOptions, split_seed: int, dataset: str, device: str | None
+) -> dict[str, Any]:
+    """What the report says of the data; runs where the runs run (the driver may lack it)."""
+    info = data.split_info(load_data(options.root, options.verify, dataset), split_seed)
+    return {"root": str(data.resolve_root(options.root)), **info}
+
+
+def test_evaluation(run_dir: str, options: DataOptions, device: str | None) -> dict[str, Any]:
+    return evaluate(run_dir, "test", root=options.root, verify=options.verify, device=device)
+
+
+def export_final(run_dir: str, options: DataOptions, device: str | None) -> None:
+    """Ship the final model (hpstudy.export) once; without the extra, or if its check fails,
+    say so in one line: the study's result does not depend on it."""
+    from hpstudy.export import export_run
+
+    if RunDir(run_dir).export_path.exists():
+        return
+    try:
+        export_run(run_dir, root=options.root, verify=options.verify)
+    except HpstudyError as err:
+        log(f"[yellow]final model not exported: {escape(str(err))}[/yellow]")
+
+
+def environment(device: str | None) -> dict[str, str]:
+    import torch
+
+    return {
+        "hpstudy": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def validation_outcomes(
+    run_dirs: list[list[tuple[int, str]]], options: DataOptions, device: str | None
+) -> list[SeedOutcomes]:
+    """Per setting, per seed: right/wrong and loss per validation image, for the runs that
+    keep their predictions (a run folder older than them is left out, and judged missing)."""
+    outcomes: list[SeedOutcomes] = []
+    for runs in run_dirs:
+        mine: SeedOutcomes = {}
+        for seed, path in runs:
+            found = image_outcomes(path, "val", root=options.root, verify=options.verify)
+            if found is not None:
+                mine[seed] = found
+        outcomes.append(mine)
+    return outcomes
+
+
+def test_outcomes(run_dirs: list[str], options: DataOptions, device: str | None) -> list[Any]:
+    """Right/wrong per test image of each final run; None for one that keeps no predictions."""
+    found = [image_outcomes(p, "test", root=options.root, verify=options.verify) for p in run_dirs]
+    return [f[0] if f is not None else None for f in found]
+
+
+__all__ = [
+    "data_summary",
+    "environment",
+    "export_final",
+    "test_evaluation",
+    "test_outcomes",
+    "validation_outcomes",
+]
