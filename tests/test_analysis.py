@@ -122,7 +122,8 @@ def test_final_result_and_counts(seed_report):
     assert final.most_test_evaluations == 1 and final.published_top1 == 0.697
     fish = final.superclass["fish"]
     assert fish is not None and (fish.mean, fish.n) == (0.6, 2)
-    assert (analysis.entries, analysis.distinct, analysis.reused) == (12, 8, 4)
+    counts = analysis.counts
+    assert (counts.settings, counts.entries, counts.distinct, counts.reused) == (6, 12, 8, 4)
     assert analysis.environment["precision"] == "fp32"  # from the runs: the state names none
     assert [(u.train, u.val) for u in analysis.data.images_used] == [(2048, 512)]
 

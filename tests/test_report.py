@@ -23,8 +23,8 @@ from scipy.stats import beta as beta_distribution
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.report import write_report
-from hpstudy.report.figures import beta_density
 from hpstudy.report.blocks import FigureNumbers
+from hpstudy.report.figures import beta_density
 from hpstudy.report.text import fmt_stat, sig3
 from hpstudy.run import RunDir, RunStatus, Summary
 from hpstudy.study.spec import Published, ReportFigures, ReportSpec

@@ -206,6 +206,13 @@ class DataResult(DataSummary):
     images_used: list[ImagesUsed]  # the runs' subsets of the split (budgets), if any
 
 
+class RunCounts(Record):
+    settings: int  # settings over all stages
+    entries: int  # runs over all stages, a reused one counted wherever it appears
+    distinct: int  # distinct run folders
+    reused: int  # entries met before: not trained again
+
+
 class Analysis(Record):
     folder: str
     name: str
@@ -218,10 +225,7 @@ class Analysis(Record):
     until_decided: int | None
     report: ReportSpec  # title, notes, figure numbers and published test values
     has_published: bool
-    settings: int  # settings over all stages
-    entries: int  # runs over all stages, a reused one counted where it appears
-    distinct: int  # distinct run folders
-    reused: int
+    counts: RunCounts
     data: DataResult
     stages: list[StageResult]
     final: FinalAnalysis | None
@@ -679,10 +683,12 @@ def analyse(study_dir: str | Path) -> Analysis:
         until_decided=state.until_decided,
         report=state.report,
         has_published=published,
-        settings=sum(len(s.settings) for s in state.stages),
-        entries=entries,
-        distinct=len(runs),
-        reused=entries - len(runs),
+        counts=RunCounts(
+            settings=sum(len(s.settings) for s in state.stages),
+            entries=entries,
+            distinct=len(runs),
+            reused=entries - len(runs),
+        ),
         data=DataResult(**state.data.model_dump(), images_used=images_used(list(runs.values()))),
         stages=stages,
         final=final_analysis(state),

@@ -60,10 +60,11 @@ def overview(a: Analysis, numbers: FigureNumbers) -> Rendered:
             "each stage still says what hpstudy's own selection chose."
         ))  # fmt: skip
     named = f"Study {code(a.name)}: " if a.report.title else ""
+    c = a.counts
     blocks.append(Para(
-        f"{named}{plural(len(a.stages), 'stage')}{so_far}, {how}: {a.settings} settings × "
-        f"{len(a.seeds)} seed(s) {a.seeds}{grown} = {a.entries} runs, {a.distinct} distinct "
-        f"({a.reused} reused, not trained again). The winner of a stage has the "
+        f"{named}{plural(len(a.stages), 'stage')}{so_far}, {how}: {c.settings} settings × "
+        f"{len(a.seeds)} seed(s) {a.seeds}{grown} = {c.entries} runs, {c.distinct} distinct "
+        f"({c.reused} reused, not trained again). The winner of a stage has the "
         f"{BETTER[a.selection]} mean `{a.selection}` at the final epoch, on the "
         "validation split."
     ))  # fmt: skip
