@@ -243,8 +243,7 @@ class Analysis(Record):
 class RunRead:
     """One run folder as read once for the analysis."""
 
-    entry: RunEntry
-    run_dir: Path
+    entry: RunEntry  # the first the state names it by (seed, hash, folder)
     status: RunStatus
     error: str | None
     config: RunConfig | None  # None while the folder has no config.json
@@ -262,7 +261,7 @@ def read_run(study_dir: Path, entry: RunEntry) -> RunRead:
     status taken from the state."""
     folder = RunDir(study_dir / entry.run_dir)
     if not folder.path.is_dir():
-        return RunRead(entry, folder.path, entry.status, entry.error, None, [], None)
+        return RunRead(entry, entry.status, entry.error, None, [], None)
     summary = folder.read_summary()
     # the run folder's own record is fresher than the state of a study still running
     status = folder.status()
@@ -270,7 +269,6 @@ def read_run(study_dir: Path, entry: RunEntry) -> RunRead:
         status = entry.status
     return RunRead(
         entry=entry,
-        run_dir=folder.path,
         status=status,
         error=entry.error or (summary.error if summary else None),
         config=folder.read_config() if folder.config_path.is_file() else None,
