@@ -402,7 +402,7 @@ def test_quick_budget_shrinks_warmup_with_the_epochs() -> None:
 
 
 def test_quick_and_smoke_reports_say_what_their_numbers_mean() -> None:
-    from hpstudy.report.sections import BUDGET_NOTES
+    from hpstudy.report.sections.title import BUDGET_NOTES
 
     assert "plumbing" in BUDGET_NOTES["smoke"] and "not the results" in BUDGET_NOTES["smoke"]
     assert "quick" in BUDGET_NOTES and set(BUDGET_NOTES) < set(BUDGETS)

@@ -24,8 +24,9 @@ from unit_fixtures import quick_studies
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.report import write_report
+from hpstudy.report.blocks import FigureNumbers
 from hpstudy.report.figures import beta_density
-from hpstudy.report.sections import FigureNumbers, fmt_stat, sig3
+from hpstudy.report.text import fmt_stat, sig3
 from hpstudy.run import RunDir, RunStatus, Summary
 from hpstudy.study.spec import Published, ReportFigures, ReportSpec
 from hpstudy.study.state import (

@@ -308,6 +308,11 @@ def add_study_inspection(study_p: argparse._SubParsersAction) -> None:
         help=f"refresh every SECONDS (default {WATCH_SECONDS:g}) until the study ends "
         "(Ctrl-C stops watching, not the study)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="the study's analysis (every number and verdict of its report) as one JSON object",
+    )
     p = study_p.add_parser("show", help="print a study's stages, or its file with --toml")
     p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
     p.add_argument(
@@ -450,6 +455,12 @@ def cmd_study_init(args: argparse.Namespace) -> None:
 def cmd_study_status(args: argparse.Namespace) -> None:
     from hpstudy import study
 
+    if args.json:
+        if args.watch is not None:
+            raise HpstudyError("--json prints the analysis once; it does not go with --watch")
+        # through JSON text: pydantic writes a non-finite number as null, as JSON has none
+        print_json(json.loads(study.analyse(args.dir).model_dump_json()))
+        return
     if args.watch is None:
         print(study.status_text(args.dir))
         return

@@ -1,9 +1,10 @@
 """The study's report: tables (CSV + Markdown), figures (PNG), report.md and report.html.
 
 The last step of the data flow, and the one place that writes the report's
-files: `read` gives the typed study, `sections` the content, `figures` the
-plots, `render` the Markdown and HTML. It reads only the study folder (through
-its owners) and never the dataset, and renders any study, finished or not.
+files: `hpstudy.study.analysis` gives every number and verdict (it reads the study
+folder through its owners, never the dataset), `sections` render it section by
+section into blocks and tables, `figures` draws the plots, `render` writes the
+Markdown and HTML. It renders any study, finished or not, and computes nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 
 from hpstudy.files import write_atomic
 from hpstudy.report.figures import save
-from hpstudy.report.read import read_study
 from hpstudy.report.render import markdown_table, render_html, render_markdown
 from hpstudy.report.sections import build
+from hpstudy.study.analysis import Analysis, analyse
 
 # what write_report writes in these folders; anything else there of these kinds is stale
 OWN_SUFFIXES = {"tables": (".csv", ".md"), "figures": (".png",)}
@@ -32,11 +33,11 @@ def write_text(path: Path, content: str) -> None:
     write_atomic(path, content.encode("utf-8"))
 
 
-def write_report(study_dir: str | Path) -> Path:
-    """Write tables/, figures/, report.md and report.html into a study folder; returns report.md."""
+def write_report(study_dir: str | Path, analysis: Analysis | None = None) -> Path:
+    """Write tables/, figures/, report.md and report.html into a study folder; returns report.md.
+    `analysis`: the folder's analysis when the caller has it already (else it is made here)."""
     study_dir = Path(study_dir)
-    study = read_study(study_dir)
-    report = build(study)
+    report = build(analysis if analysis is not None else analyse(study_dir))
 
     written: set[Path] = set()
     for folder in OWN_SUFFIXES:

@@ -21,15 +21,14 @@ from matplotlib.ticker import MaxNLocator
 from scipy.stats import beta as beta_distribution
 
 from hpstudy.files import write_atomic
-from hpstudy.run import MetricRow
-from hpstudy.study.select import summarise
+from hpstudy.study.analysis import Curve as CurveData
 
 PANELS = ("train_loss", "val_loss", "train_acc", "val_acc")  # the report's 2x2 order
 DPI = 110
 BETA_DRAWS = 100_000
 
-# one curve of a stage figure: its label and the metric rows of each of its seeds
-Curve = tuple[str, list[list[MetricRow]]]
+# one line of a stage figure: its label and the analysis' per-epoch mean, std and n
+Curve = tuple[str, CurveData]
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -40,23 +39,6 @@ def save(fig: Figure, path: Path) -> Path:
     write_atomic(path, buf.getvalue())
     fig.clear()  # free the Agg buffers now, not at garbage collection
     return path
-
-
-def mean_curve(seeds: list[list[MetricRow]], metric: str) -> tuple[np.ndarray, ...]:
-    """Epochs, mean, std and n across seeds, epoch by epoch (NaNs of a diverged run skipped)."""
-    by_epoch: dict[int, list[float]] = {}
-    for rows in seeds:
-        for row in rows:
-            if "epoch" in row and metric in row:
-                by_epoch.setdefault(int(row["epoch"]), []).append(row[metric])
-    points = [(e, summarise(v)) for e, v in sorted(by_epoch.items())]
-    kept = [(e, s) for e, s in points if s is not None]
-    return (
-        np.array([e for e, _ in kept], dtype=float),
-        np.array([s.mean for _, s in kept]),
-        np.array([s.std for _, s in kept]),
-        np.array([s.n for _, s in kept]),
-    )
 
 
 def class_proportions(number: int, proportions: list[float]) -> Figure:
@@ -78,8 +60,10 @@ def stage_curves(number: int, name: str, field: str, curves: list[Curve]) -> Fig
     last = 1.0
     for ax, metric in zip(axes.flat, PANELS, strict=True):
         lows, highs = [], []
-        for label, seeds in curves:
-            epochs, mean, std, n = mean_curve(seeds, metric)
+        for label, curve in curves:
+            points = curve.metrics[metric]
+            epochs = np.array(points.epochs, dtype=float)
+            mean, std, n = np.array(points.mean), np.array(points.std), np.array(points.n)
             if epochs.size == 0:
                 continue
             last, lows, highs = max(last, epochs.max()), [*lows, mean.min()], [*highs, mean.max()]
@@ -97,30 +81,31 @@ def stage_curves(number: int, name: str, field: str, curves: list[Curve]) -> Fig
         ax.set(xlabel="epoch", xlim=(0, last + 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].legend(title=field or None)
-    band = " (band: ±1 std across seeds)" if any(len(s) > 1 for _, s in curves) else ""
+    band = " (band: ±1 std across seeds)" if any(c.seeds > 1 for _, c in curves) else ""
     fig.suptitle(f"Figure {number}: {name}{band}")
     return fig
 
 
 def lr_schedule(
     number: int,
-    rows: list[MetricRow],
+    epochs: list[float],
+    lrs: list[float],
     run_hash: str,
     lr_max: float | None = None,
-    epochs: int | None = None,
+    run_epochs: int | None = None,
     warmup_epochs: int = 0,
 ) -> Figure:
     """The learning rate a cosine run recorded per epoch, beside eq. (2) when it applies."""
-    x = np.array([row["epoch"] for row in rows], dtype=float)
-    lrs = np.array([row["lr"] for row in rows], dtype=float)
+    x = np.array(epochs, dtype=float)
+    lr = np.array(lrs, dtype=float)
     fig = Figure(figsize=(7, 4), layout="tight")
     ax = fig.add_subplot()
-    ax.plot(x, lrs, marker="o" if x.size <= 30 else None, markersize=3,
+    ax.plot(x, lr, marker="o" if x.size <= 30 else None, markersize=3,
             label=f"recorded (run {run_hash})")  # fmt: skip
     # eq. (2) beside the record: a visible check that the schedule is the report's
-    if lr_max and epochs and not warmup_epochs:
-        t = np.linspace(0, epochs - 1, 200)
-        ax.plot(t + 1, 0.5 * lr_max * (1 + np.cos(np.pi * t / epochs)), "--", color="grey",
+    if lr_max and run_epochs and not warmup_epochs:
+        t = np.linspace(0, run_epochs - 1, 200)
+        ax.plot(t + 1, 0.5 * lr_max * (1 + np.cos(np.pi * t / run_epochs)), "--", color="grey",
                 linewidth=1, label="eq. (2), η_min = 0")  # fmt: skip
     ax.set(xlabel="epoch", ylabel="learning rate", xlim=(0, x.max() + 1), ylim=(0, None))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

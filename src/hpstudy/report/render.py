@@ -17,7 +17,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from hpstudy.errors import HpstudyError
-from hpstudy.report.sections import Block, Heading, Image, Para, Table
+from hpstudy.report.blocks import Block, Heading, Image, Para, Table
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
 color:#222;line-height:1.45}table{border-collapse:collapse;margin:1rem 0}

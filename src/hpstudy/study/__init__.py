@@ -12,6 +12,8 @@ from typing import Any
 
 # public name -> the module that defines it
 _WHERE = {
+    "Analysis": "analysis",
+    "analyse": "analysis",
     "Speed": "cost",
     "StudyCost": "cost",
     "budget_costs": "cost",

@@ -188,6 +188,18 @@ def seed_mean_interval(values: list[float]) -> tuple[float, float] | None:
     return float(ci.low), float(ci.high)
 
 
+def reproduction_interval(
+    values: list[float], images: int | None = None
+) -> tuple[tuple[float, float] | None, str]:
+    """The 95 % interval a published number is checked against, and how it was made: the
+    t-interval of the mean over seeds; for one seed's accuracy (a proportion of `images`
+    validation images), Wilson. None where neither applies (one seed of a loss)."""
+    ci = seed_mean_interval(values)
+    if ci is None and len(values) == 1 and images is not None:
+        return wilson(round(values[0] * images), images), "Wilson over validation images"
+    return ci, "t-interval over seeds"
+
+
 def excludes_zero(ci95: tuple[float, float] | list[float]) -> bool:
     lo, hi = ci95
     return lo > 0 or hi < 0
@@ -202,6 +214,7 @@ __all__ = [
     "compare",
     "excludes_zero",
     "mcnemar",
+    "reproduction_interval",
     "seed_draws",
     "seed_mean_interval",
     "wilson",

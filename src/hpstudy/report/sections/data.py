@@ -1,0 +1,52 @@
+"""The data section: split sizes, the images the runs used, normalisation, the split's checksum,
+and the class proportions figure."""
+
+from __future__ import annotations
+
+from hpstudy.report import figures
+from hpstudy.report.blocks import (
+    Block,
+    FigureNumbers,
+    Heading,
+    Image,
+    Para,
+    Rendered,
+    Section,
+    Table,
+)
+from hpstudy.report.text import DASH, cell, code
+from hpstudy.study.analysis import Analysis
+
+
+def vector(values: list[float]) -> str:
+    return ", ".join(f"{v:.4f}" for v in values) if values else DASH
+
+
+def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
+    d = a.data
+    rows = [
+        ["train / val / test images", f"{d.train_size:,} / {d.val_size:,} / {d.test_size:,}"],
+        ["mean (R, G, B)", vector(d.mean)],
+        ["std (R, G, B)", vector(d.std)],
+        ["val indices sha256", code(d.val_indices_sha256)],
+    ]
+    # budgets train on subsets of the split: say how many images the runs really saw
+    used = "; ".join(f"{cell(u.train, '{:,}'.format)} / {cell(u.val, '{:,}'.format)}"
+                     for u in d.images_used)  # fmt: skip
+    if used:
+        rows.insert(1, ["train / val images used by the runs (budget)", used])
+    blocks: list[Block] = [Heading("Data"), Table(["", "value"], rows)]
+    number = numbers.take(a.report.figures.class_proportions)
+    if d.class_proportions:
+        blocks.append(Image(
+            f"figures/fig{number}_class_proportions.png",
+            f"Figure {number}: proportion of each class in the train split; red line: the "
+            f"mean proportion {d.class_proportion_mean:.3f}.",
+            figures.class_proportions(number, d.class_proportions),
+        ))  # fmt: skip
+    else:
+        blocks.append(Para(f"Figure {number} skipped: the state has no class proportions."))
+    return Rendered(blocks)
+
+
+SECTION = Section("data", render)

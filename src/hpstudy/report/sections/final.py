@@ -1,0 +1,118 @@
+"""The final test result: measured beside published, its interval in words, the configuration and
+weights tested, each final run, how often the test split was touched, and top-1 per superclass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpstudy.report.blocks import (
+    Block,
+    FigureNumbers,
+    Heading,
+    NamedTable,
+    Para,
+    Rendered,
+    Section,
+    Table,
+)
+from hpstudy.report.text import DASH, cell, code, fmt_interval, fmt_stat, num, plural, sig3, text
+from hpstudy.study.analysis import Analysis, FinalAnalysis
+
+HEADER = ["run", "seed", "test top-1", "test top-5", "test loss", "test evaluations"]
+CSV_HEADER = ["run_hash", "seed", "test_loss", "test_top1", "test_top5", "test_evaluations"]
+
+
+def interval_sentence(final: FinalAnalysis, budget: str) -> str:
+    """How the test interval was made and whether the published test top-1 lies inside it."""
+    t, published = final.test_top1, final.published_top1
+    if t.ci95 is None:
+        why = (t.interval or "").removeprefix("none: ") or "no per-image test outcomes"
+        return f"No interval for the test top-1: {text(why)}."
+    how = f"{text(t.interval or 'interval')}, {plural(t.n, 'run')}"
+    sentence = f"The 95 % interval of the test top-1 ({how}) is {fmt_interval(t.ci95)}."
+    if published is not None:
+        inside = final.published_inside
+        sentence += (
+            f" The published {published:g} lies **{'inside' if inside else 'outside'}** it"
+            + (": consistent with the published result." if inside else ".")
+        )
+        if budget != "full":
+            sentence += f" (Budget `{budget}`: the published number is a full-budget one.)"
+    return sentence
+
+
+def selected_weights_text(config: dict[str, Any]) -> str:
+    decay = config.get("ema_decay") or 0
+    if decay:
+        return (f"Selected and tested weights: the exponential moving average of the weights "
+                f"(decay {decay:g}), as for every run with an EMA: its validation metrics chose "
+                "the winners and it was evaluated on test; the raw weights' validation metrics "
+                "are in each run's `metrics.csv` (`raw_val_*`).")  # fmt: skip
+    return "Selected and tested weights: the weights at the final epoch."
+
+
+def touched_text(most: int) -> str:
+    if most > 1:
+        return (f"Note: the test split was evaluated up to {most} times on a final run "
+                "(the run's test-evaluation ledger).")  # fmt: skip
+    if most == 0:
+        return "No test evaluation is recorded for the final runs."
+    return "The test split was evaluated once, on the final configuration only."
+
+
+def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
+    final, spec = a.final, a.report
+    show_published = spec.published_test_top1 is not None
+    csv_header = CSV_HEADER + (["published_test_top1"] if show_published else [])
+    blocks: list[Block] = [Heading("Final test result")]
+    if final is None:
+        blocks.append(Para("The test result is **pending**: the study has not reached its final "
+                           "evaluation, and the test split has not been touched."))  # fmt: skip
+        return Rendered(blocks, [NamedTable("final", HEADER, [], csv_header, [])])
+
+    top1, loss_published = final.test_top1, final.published_loss
+    within = f" (95 % interval {fmt_interval(top1.ci95)})" if top1.ci95 else ""
+    measured = [
+        ["test top-1", f"**{fmt_stat(top1)}**{within}", cell(final.published_top1)],
+        ["test top-5", fmt_stat(final.test_top5), DASH],
+        ["test loss (mean cross-entropy per image)", fmt_stat(final.test_loss),
+         text(loss_published) if loss_published is not None else DASH],
+    ]  # fmt: skip
+    if show_published:
+        blocks.append(Table(["metric", "measured", "published"], measured))
+    else:
+        blocks.append(Table(["metric", "measured"], [row[:2] for row in measured]))
+        if loss_published is not None:
+            blocks.append(Para(f"Published test loss: {text(loss_published)}."))
+    blocks.append(Para(interval_sentence(final, a.budget)))
+    shown = ", ".join(code(f"{k}={v}") for k, v in final.shown_config.items())
+    blocks.append(Para(f"Final configuration: {shown or DASH}."))
+    blocks.append(Para(selected_weights_text(final.config)))
+
+    rows, csv_rows = [], []
+    for run in final.runs:
+        t = run.test
+        rows.append([code(run.run_hash), str(run.seed), sig3(t.top1), sig3(t.top5), sig3(t.loss),
+                     str(run.test_evaluations)])  # fmt: skip
+        csv_rows.append([run.run_hash, run.seed, num(t.loss), num(t.top1), num(t.top5),
+                         run.test_evaluations,
+                         *([num(final.published_top1)] if show_published else [])])  # fmt: skip
+    blocks.append(Table(HEADER, rows))
+    blocks.append(Para(
+        "Selection used the validation split only, carved out of the official training set; "
+        f"the test split played no part in it. {touched_text(final.most_test_evaluations)}"
+    ))  # fmt: skip
+    tables = [NamedTable("final", HEADER, rows, csv_header, csv_rows)]
+
+    if final.superclass:
+        rows = [[text(name.replace("_", " ")), fmt_stat(s)] for name, s in final.superclass.items()]
+        csv_rows = [[name, num(s and s.mean), num(s and s.std), s.n if s else 0]
+                    for name, s in final.superclass.items()]  # fmt: skip
+        blocks += [Para("Test top-1 per superclass (coarse label):"),
+                   Table(["superclass", "top-1"], rows)]  # fmt: skip
+        csv_header = ["superclass", "top1_mean", "top1_std", "n"]
+        tables.append(NamedTable("superclass", ["superclass", "top-1"], rows, csv_header, csv_rows))
+    return Rendered(blocks, tables)
+
+
+SECTION = Section("final test result", render)
