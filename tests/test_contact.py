@@ -130,6 +130,7 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     assert not again.measured_now and again.train_images_per_s == first.train_images_per_s
     cache = tmp_path / "speed.json"
     entries = json.loads(cache.read_text())
+    assert entries.pop("schema_version") == 1
     (key, entry), = entries.items()
     assert "width 0.125" in key and "batch 16" in key
     assert cached_speed(entry) == again
