@@ -182,15 +182,12 @@ def test_killed_worker_is_retried_and_the_run_resumes_from_its_checkpoint(
 
     assert not ray_module.is_initialized(), "this test must run before shared_ray starts"
     marker = tmp_path / "killed"
-    real = ray_executor.RayExecutor
-
-    def executor(options: DataOptions, address: str | None = None, **kw: Any) -> Any:
-        # 1 CPU per run: both runs of a stage train at once, on one thread each
-        return real(options, address=address, cpus_per_run=1, task=kill_once(marker), **kw)
-
-    monkeypatch.setattr(ray_executor, "RayExecutor", executor)
+    # 1 CPU per run: both runs of a stage train at once, on one thread each
+    executor = ray_executor.RayExecutor(
+        DataOptions(str(synthetic_root), False), cpus_per_run=1, task=kill_once(marker)
+    )
     out = tmp_path / "study"
-    run_study(study_file, out=out, root=str(synthetic_root), verify=False, executor="ray")
+    run_study(study_file, out=out, root=str(synthetic_root), verify=False, executor=executor)
 
     killed_run, epoch = marker.read_text().split()
     assert epoch == "1"  # killed after epoch 1 of 2, so the retry resumed mid-run

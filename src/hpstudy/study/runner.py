@@ -8,19 +8,17 @@ folder vanished) is trained again.
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from hpstudy import __version__, data
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Executor, Job, SlurmOptions, make_executor
-from hpstudy.progress import StudyDisplay, duration, log, show_progress, study_display, watch
+from hpstudy.executors import DataOptions, Executor, Job, open_executor
+from hpstudy.progress import StudyDisplay, duration, show_progress, study_display, style, watch
 from hpstudy.run import RunDir, RunStatus, evaluate, image_outcomes, load_data
 from hpstudy.study.compare import accuracy_interval
 from hpstudy.study.cost import (
@@ -54,6 +52,7 @@ from hpstudy.study.state import (
     TestTop1,
 )
 
+logger = logging.getLogger(__name__)
 FOLLOW = ("own", "published")
 MAX_SEEDS = 1000  # --seeds N and --until-decided N: a study of runs, not of a lifetime
 
@@ -121,7 +120,7 @@ def export_final(run_dir: str, options: DataOptions, device: str | None) -> None
     try:
         export_run(run_dir, root=options.root, verify=options.verify)
     except HpstudyError as err:
-        log(f"[yellow]final model not exported: {escape(str(err))}[/yellow]")
+        logger.warning(f"final model not exported: {err}")
 
 
 def environment(device: str | None) -> dict[str, str]:
@@ -140,20 +139,19 @@ def run_study(
     *,
     out: Path | None = None,
     budget: str = "full",
-    executor: str = "local",
+    executor: str | Executor = "local",
     root: str | None = None,
     verify: bool = True,
-    devices: list[int] | None = None,
-    address: str | None = None,
     device: str | None = None,
-    runs_per_device: int | None = None,
-    slurm: SlurmOptions | None = None,
     seeds: list[int] | None = None,
     until_decided: int | None = None,
     follow: Follow = "own",
     split_follows_seed: bool | None = None,
 ) -> StudyState:
     """Run (or resume) a study; returns its state. Writes the report at the end.
+
+    `executor` is a name (`make_executor(executor, ..., device=device)`) or an Executor,
+    which the study opens on its folder and closes at the end.
 
     `seeds` replace the study's (not its identity: only new runs train); `until_decided`
     gives an undecided stage one more seed at a time, up to that many, before the next
@@ -186,23 +184,12 @@ def run_study(
     )
     folder.check(record)  # a folder it may not use is refused before anything starts
     if done := already_done(folder, study, follow, until_decided):
-        log(f"{folder.path}: study {study.name} ({budget}) already finished; nothing to do")
-        log(report_line(folder))
+        logger.info(f"{folder.path}: study {study.name} ({budget}) already finished; nothing to do")
+        logger.info(report_line(folder))
         return done
 
     options = DataOptions(root=root, verify=verify)
-    if executor == "slurm":  # submitit's job logs live in the study folder, on shared storage
-        slurm = slurm or SlurmOptions()
-        slurm = dataclasses.replace(slurm, folder=slurm.folder or folder.path / "slurm")
-    runner = make_executor(
-        executor,
-        options,
-        devices=devices,
-        runs_per_device=runs_per_device,
-        address=address,
-        device=device,
-        slurm=slurm,
-    )
+    runner = open_executor(executor, options, folder.path, device)
     started = time.perf_counter()
     try:
         plan = Plan(study, budget, runner.device_type())
@@ -253,13 +240,13 @@ def run_study(
 
     t = state.final.test_top1
     within = f" (95 % interval [{t.ci95[0]:.4f}, {t.ci95[1]:.4f}])" if t.ci95 else ""
-    log(f"study {study.name} ({budget}) {state.status}: test top-1 {t.mean:.4f}{within}")
+    logger.info(f"study {study.name} ({budget}) {state.status}: test top-1 {t.mean:.4f}{within}")
     if failed:
-        log(
+        logger.warning(
             f"{len(failed)} run(s) failed (the report lists why); run the same command again "
             "to retry them"
         )
-    log(report_line(folder))
+    logger.info(report_line(folder))
     return state
 
 
@@ -273,7 +260,7 @@ def announce_cost(
     cost = study_cost(plan, *sizes, speed, epochs_done=lambda config: epochs_in(folder, config))
     cheaper = budget_costs(plan, *sizes, speed)
     for line in cost_block(plan.study.name, cost, cheaper, speed):
-        log(line)
+        logger.info(line)
     return cost
 
 
@@ -349,7 +336,7 @@ def run_stages(
             published = " (as published)" if same else f" (published: {published_winner})"
         if carried != chosen.winner:
             published += f"; following the published study, {published_winner} carries on"
-        log(f"stage {stage.name}: winner {label}{published} — {chosen.verdict}")
+        logger.info(f"stage {stage.name}: winner {label}{published} — {chosen.verdict}")
 
 
 def run_stage(
@@ -379,9 +366,9 @@ def run_stage(
         refresh(folder, state)
         folder.write_state(state)
         runs = sum(len(s.runs) for s in stage_state.settings)
-        log(
-            f"[bold]stage {k + 1}/{len(study.stages)} {stage.name}[/bold]: "
-            f"{runs} runs, {len(jobs)} to train"
+        logger.info(
+            f"stage {k + 1}/{len(study.stages)} {stage.name}: {runs} runs, {len(jobs)} to train",
+            **style("bold"),
         )
         runner.run(jobs)
         if not runner.in_process and (p := folder_progress(folder, state)) is not None:
@@ -395,7 +382,7 @@ def run_stage(
         if chosen.decided or not grow:
             break
         seeds.append(max(seeds) + 1)
-        log(f"stage {stage.name}: not decided; one more seed ({len(seeds)} seeds)")
+        logger.info(f"stage {stage.name}: not decided; one more seed ({len(seeds)} seeds)")
     seen |= seen_here
     return chosen
 
@@ -426,10 +413,11 @@ def optuna_stage(
     """Stage k's Optuna trials, asked as workers free up; the state is written as they end."""
     stage = plan.study.stages[k]
     search = OptunaSearch(folder, plan, k, winners, seen)
-    log(
-        f"[bold]stage {k + 1}/{len(plan.study.stages)} {stage.name}[/bold]: "
+    logger.info(
+        f"stage {k + 1}/{len(plan.study.stages)} {stage.name}: "
         f"{stage.n_trials} Optuna trials ({len(search.trials)} asked before), "  # type: ignore[union-attr]
-        f"journal {search.journal}"
+        f"journal {search.journal}",
+        **style("bold"),
     )
     state.stages.append(search.stage_state())
 
