@@ -280,3 +280,38 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_when_chosen(
     assert err.startswith("error: plugin 'broken' (entry point 'toyplug_missing:Nope' in group "
                           "hpstudy.executors of toyplug): cannot be loaded (")  # fmt: skip
     assert len(err.splitlines()) == 1
+
+
+def test_every_reporting_command_prints_one_json_object(
+    toy: ToyStudy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--root", str(toy.root), "--no-verify"]
+    run = next((toy.out / "runs").iterdir())
+    config = json.loads((run / "config.json").read_text())
+    flags = []  # the run's own config as `train` options: it is found finished, not trained
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif value is not None and key != SCHEMA_KEY:
+            flags += [flag, str(value)]
+    commands = {
+        "status": ["study", "status", str(toy.out)],
+        "report": ["report", str(toy.out)],
+        "train": ["train", *flags, "--out", str(run), *data],
+        "download": ["data", "download", *data],
+    }
+    shown = {}
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert cli.main([*argv, "--json"]) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1, (name, out)
+        shown[name] = json.loads(out)
+        assert shown[name][SCHEMA_KEY] == 1
+    assert shown["status"]["state"]["status"] == "finished"
+    assert [r["status"] for r in shown["status"]["runs"]] == ["finished"] * 3
+    assert sum(r["winner"] for r in shown["status"]["runs"]) == 1
+    assert shown["report"]["report"] == str(toy.out / "report.md")
+    assert shown["train"]["status"] == "finished" and shown["train"]["run_hash"] == run.name
+    assert shown["download"]["folder"].endswith("cifar-100-python")
