@@ -222,11 +222,10 @@ def test_a_jobs_own_one_line_error_comes_back_as_that_line(
     driver says so in the job's words, not submitit's traceback."""
     pytest.importorskip("submitit", reason="the optional slurm extra is not installed")
     slurm = SlurmOptions(cluster="local", cpus_per_job=1)
+    executor = make_executor("slurm", DataOptions(str(tmp_path / "no-data"), True), slurm=slurm)
     with pytest.raises(HpstudyError) as caught:
-        run_study(
-            study_file, out=tmp_path / "s", root=str(tmp_path / "no-data"), executor="slurm",
-            slurm=slurm,
-        )  # fmt: skip
+        run_study(study_file, out=tmp_path / "s", root=str(tmp_path / "no-data"),
+                  executor=executor)  # fmt: skip
     message = str(caught.value)
     assert message.startswith("cannot download CIFAR-100") and "\n" not in message, message
 

@@ -33,7 +33,7 @@ from hpstudy.executors import (
     record_failure,
     run_job,
 )
-from hpstudy.progress import log_in_worker, worker_log_level
+from hpstudy.progress import log_in_worker
 
 if TYPE_CHECKING:
     from hpstudy.run import Summary
@@ -84,16 +84,19 @@ class SlurmCall:
     study's calls read finished runs only, so running one again gives the same answer."""
 
     def __init__(
-        self, fn: Callable[..., Any], cpus_per_job: int | None, log_level: int | None = None
+        self, fn: Callable[..., Any], cpus_per_job: int | None, log_level: int = logging.INFO
     ) -> None:
         self.fn = fn
         self.cpus_per_job = cpus_per_job
-        self.log_level = log_level  # the driver's: the job's log shows what it would
+        # a job's log file holds its lines (epochs, resuming) whatever the driver shows
+        self.log_level = log_level
+        self.driver_pid = os.getpid()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
-        log_in_worker(self.log_level)
+        if os.getpid() != self.driver_pid:  # the debug cluster calls it in the driver
+            log_in_worker(self.log_level)
         # torch sizes its thread pool to the whole node; a job owns only its CPUs
         torch.set_num_threads(job_threads(self.cpus_per_job))
         return self.fn(*args, **kwargs)
@@ -109,7 +112,7 @@ class SlurmRun(SlurmCall):
     """One run as a job; requeued after preemption, it resumes from the run folder's
     checkpoint (train always does), so nothing but the epoch in progress is lost."""
 
-    def __init__(self, cpus_per_job: int | None, log_level: int | None = None) -> None:
+    def __init__(self, cpus_per_job: int | None, log_level: int = logging.INFO) -> None:
         super().__init__(run_job, cpus_per_job, log_level)
 
 
@@ -262,7 +265,7 @@ class SlurmExecutor(ExecutorBase):
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args, DEVICE)` as one job with a run's resources; its one-line errors come
         back as they are."""
-        call = SlurmCall(fn, self.options.cpus_per_job, worker_log_level())
+        call = SlurmCall(fn, self.options.cpus_per_job)
         job = self.submit(call, *args, self.device)
         try:
             return job.result()
@@ -270,7 +273,7 @@ class SlurmExecutor(ExecutorBase):
             raise HpstudyError(job_error(job, err)) from None
 
     def run(self, jobs: Iterable[Job]) -> None:
-        task = SlurmRun(self.options.cpus_per_job, worker_log_level())
+        task = SlurmRun(self.options.cpus_per_job)
         poll = POLL_SECONDS[self.options.cluster]
         pending = iter(jobs)
         running: list[tuple[Any, Job]] = []
