@@ -41,6 +41,7 @@ from _common import environment, time_epoch
 from hpstudy import constants, data
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
+from hpstudy.files import stamped
 from hpstudy.run import DeviceData, Trainer, device_data, load_data, resolve_device
 from hpstudy.study import Plan, load_study
 
@@ -596,9 +597,11 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and not out.is_dir():
             raise HpstudyError(f"--out {out}: not a folder")
         result = check(args)
-        (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "gpu_check.json").write_text(
+            json.dumps(stamped(result, "gpu_check"), indent=2) + "\n"
+        )
         (out / "gpu_check.md").write_text(markdown(result))
-        table = json.dumps(result["auto_defaults"], indent=2) + "\n"
+        table = json.dumps(stamped(result["auto_defaults"], "auto_defaults"), indent=2) + "\n"
         (out / "auto_defaults.json").write_text(table)
     except HpstudyError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -29,8 +29,9 @@ from test_ray import assert_same, outcome
 from hpstudy import cli
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Job, SlurmOptions, make_executor
+from hpstudy.executors import DataOptions, Job, make_executor
 from hpstudy.executors.local import LocalExecutor
+from hpstudy.executors.slurm import SlurmOptions
 from hpstudy.run import Execution, RunDir
 from hpstudy.study import run_study
 
@@ -352,10 +353,10 @@ def test_without_submitit_the_cli_says_how_to_install_it_in_one_line(
         (["--devices", "zero"], "--devices: expected GPU indices"),
         (["--devices", ",".join(["0"] * 300)], "at most 256"),
         (["--devices", "0", "--device", "mps"], "--devices with --device mps"),
-        (["--devices", "0,1", "--executor", "ray"], "are for --executor local"),
-        (["--runs-per-device", "2", "--executor", "slurm"], "are for --executor local"),
-        (["--slurm-time", "30"], "--slurm-* options need --executor slurm"),
-        (["--slurm-cluster", "local"], "--slurm-* options need --executor slurm"),
+        (["--devices", "0,1", "--executor", "ray"], "of --executor local"),
+        (["--runs-per-device", "2", "--executor", "slurm"], "of --executor local"),
+        (["--slurm-time", "30"], "--slurm-time is an option of --executor slurm"),
+        (["--slurm-cluster", "local"], "of --executor slurm"),
         (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time: must be 1.."),
         (["--executor", "slurm", "--slurm-time", str(10**12)], "--slurm-time: must be 1.."),
         (["--executor", "slurm", "--slurm-max-parallel", "0"], "--slurm-max-parallel: must"),

@@ -122,6 +122,7 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     assert not again.measured_now and again.train_images_per_s == first.train_images_per_s
     cache = tmp_path / "speed.json"
     entries = json.loads(cache.read_text())
+    assert entries.pop("schema_version") == 1
     (key, entry), = entries.items()
     assert "width 0.125" in key and "batch 16" in key
     assert cached_speed(entry) == again
@@ -207,22 +208,27 @@ def test_a_drawn_bar_reads_the_loss_a_few_times_a_second(monkeypatch: pytest.Mon
 
 
 def test_plain_display_counts_and_never_draws(capsys: pytest.CaptureFixture[str]) -> None:
-    progress.use_plain_lines()
-    assert not progress.is_live()
-    display = progress.StudyDisplay(2, 4, 0, 0, seconds_per_epoch=10.0)
-    with progress.study_display(display):
-        with progress.bar("epoch 1/2", 3) as advance:
-            advance(1, lambda: pytest.fail("a plain bar reads no loss"))
-        progress.run_started("stage 1 lr=0.1 seed 0")
-        progress.epoch_finished("stage 1 lr=0.1 seed 0 · epoch 1/2", 4.0)
-        assert display.seconds_left == pytest.approx(12.0)  # measured, no longer predicted
-        progress.run_finished()
+    with progress.cli_logging(plain=True):  # what the command line installs, never drawn
+        assert not progress.is_live()
+        display = progress.StudyDisplay(2, 4, 0, 0, seconds_per_epoch=10.0)
+        with progress.study_display(display):
+            with progress.bar("epoch 1/2", 3) as advance:
+                advance(1, lambda: pytest.fail("a plain bar reads no loss"))
+            progress.run_started("stage 1 lr=0.1 seed 0")
+            progress.epoch_finished("stage 1 lr=0.1 seed 0 · epoch 1/2", 4.0)
+            assert display.seconds_left == pytest.approx(12.0)  # measured, no longer predicted
+            progress.run_finished()
     err = capsys.readouterr().err
     assert "\x1b" not in err
     assert err.splitlines() == [
         "stage 1 lr=0.1 seed 0 · epoch 1/2",
         "study: runs 1/2 · epochs 1/4 · 12 s left",
     ]
+    # as a library, without the command line's handler: nothing is printed
+    with progress.study_display(progress.StudyDisplay(2, 4, 0, 0, seconds_per_epoch=10.0)):
+        progress.epoch_finished("stage 1 lr=0.1 seed 0 · epoch 1/2", 4.0)
+        progress.run_finished()
+    assert capsys.readouterr().err == ""
 
 
 # ---------------------------------------------------------------- show, list, init

@@ -260,7 +260,7 @@ def test_a_study_ships_its_final_model_and_reports_it(
 @pytest.mark.study_export
 def test_a_study_without_the_extra_says_so_in_one_line_and_finishes(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from hpstudy.executors import DataOptions
     from hpstudy.study.remote import export_final
@@ -272,6 +272,6 @@ def test_a_study_without_the_extra_says_so_in_one_line_and_finishes(
     run = tmp_path / "r"
     run.mkdir()
     export_final(str(run), DataOptions(root=str(synthetic_root), verify=False), None)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "final model not exported" in err[0]
-    assert "pip install 'hpstudy[export]'" in err[0]
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("hpstudy")]
+    assert len(said) == 1 and "final model not exported" in said[0]
+    assert "pip install 'hpstudy[export]'" in said[0]

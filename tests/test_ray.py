@@ -200,13 +200,13 @@ def test_killed_worker_is_retried_and_the_run_resumes_from_its_checkpoint(
 
     assert not one_ray.is_initialized(), "this test must run before shared_ray starts"
     marker = tmp_path / "killed"
-    real = ray_executor.RayExecutor
 
-    def executor(options: DataOptions, address: str | None = None, **kw: Any) -> Any:
-        # 1 CPU per run: each run trains on one thread
-        return real(options, address=address, cpus_per_run=1, task=kill_once(marker), **kw)
+    class KillingRay(ray_executor.RayExecutor):  # what `--executor ray` builds, here
+        def __init__(self, options: DataOptions, address: str | None = None, **kw: Any) -> None:
+            # 1 CPU per run: each run trains on one thread
+            super().__init__(options, address, cpus_per_run=1, task=kill_once(marker), **kw)
 
-    monkeypatch.setattr(ray_executor, "RayExecutor", executor)
+    monkeypatch.setattr(ray_executor, "RayExecutor", KillingRay)
     # the local Ray the executor starts is the module's one: of 1 CPU, as shared_ray's, and
     # the shutdown it asks for is recorded here and done by one_ray after the last test
     out = tmp_path / "study"

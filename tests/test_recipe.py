@@ -215,16 +215,14 @@ class Stop(Exception):
 
 
 def stop_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    from hpstudy.run import loop
+    save = RunDir.save_checkpoint
 
-    write = loop.EventLog.write
-
-    def write_then_stop(self, row):
-        write(self, row)
-        if row["epoch"] == epoch:
+    def save_then_stop(self, state):
+        save(self, state)
+        if state["epoch"] == epoch:
             raise Stop
 
-    monkeypatch.setattr(loop.EventLog, "write", write_then_stop)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_stop)
 
 
 @pytest.mark.parametrize("options", [{"ema_decay": 0.9, "cutmix_alpha": 1.0},
@@ -365,7 +363,7 @@ def test_runs_write_event_files_that_tensorboard_reads_once_per_epoch(
 
 
 def test_without_tensorboard_a_run_says_so_once_and_trains(
-    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
     real_import = builtins.__import__
 
@@ -383,6 +381,6 @@ def test_without_tensorboard_a_run_says_so_once_and_trains(
                         show_progress=False)  # fmt: skip
         assert summary.status == "finished"
         assert not list((tmp_path / name).glob("events.out.tfevents.*"))
-    err = capsys.readouterr().err
-    assert err.count("TensorBoard logging is off") == 1
-    assert "pip install 'hpstudy[tensorboard]'" in err
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("hpstudy")]
+    assert sum("TensorBoard logging is off" in m for m in said) == 1
+    assert "pip install 'hpstudy[tensorboard]'" in caplog.text

@@ -21,11 +21,10 @@ from cluster_fixtures import fork, plain_study, wait
 from hpstudy import cli
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Job, TrialRef, run_job
+from hpstudy.executors import DataOptions, Job, run_job
 from hpstudy.executors.local import LocalExecutor
 from hpstudy.run import RunDir, RunStatus
 from hpstudy.study import Plan, builtin_names, describe, load_study, run_study, search
-from hpstudy.study import runner as study_runner
 
 optuna = pytest.importorskip("optuna")
 
@@ -285,7 +284,8 @@ def test_a_pruner_stops_a_run_early_in_its_worker(
     config = RunConfig(width=0.125, batch_size=64, limit_train=128, limit_val=64, epochs=3,
                        lr=1e-5, device="cpu")  # fmt: skip
     run_dir = tmp_path / "run"
-    job = Job(config, run_dir, "bad", TrialRef(journal, "s", number, "val_acc", "median"))
+    hook = search.OptunaTrialHook.spec(journal, "s", number, "val_acc", "median")
+    job = Job(config, run_dir, "bad", (hook,))
     summary = run_job(job, DataOptions(root=str(synthetic_root), verify=False))
     assert summary.status == RunStatus.PRUNED and summary.epochs_done == 1
     assert summary.final is None  # never a candidate for winning
@@ -466,12 +466,10 @@ def test_trials_run_on_two_local_workers_at_once(
 ) -> None:
     text = OPTUNA.replace('pruner = "median"\n', "")
     study = study_of(tmp_path, text, name="parallel")
-    monkeypatch.setattr(
-        study_runner, "make_executor",
-        lambda name, options, **kw: LocalExecutor(options, workers=["cpu", "cpu"]),
-    )  # fmt: skip
+    pool = LocalExecutor(DataOptions(str(synthetic_root), False), workers=["cpu", "cpu"])
     out = tmp_path / "out"
-    state = run_study(study, out=out, budget="smoke", root=str(synthetic_root), verify=False)
+    state = run_study(study, out=out, budget="smoke", root=str(synthetic_root), verify=False,
+                      executor=pool)  # fmt: skip
     assert state.status == "finished"
     journal = next((out / "optuna").glob("*.journal"))
     trials = optuna.load_study(study_name=None, storage=search.open_storage(journal)).trials

@@ -282,8 +282,7 @@ def test_worker_processes_give_the_same_results(
     pool = LocalExecutor(
         DataOptions(root=str(synthetic_root), verify=False), workers=["cpu", "cpu"]
     )
-    monkeypatch.setattr("hpstudy.study.runner.make_executor", lambda *a, **k: pool)
-    run_study(study, out=tmp_path / "pool", root=str(synthetic_root), verify=False)
+    run_study(study, out=tmp_path / "pool", root=str(synthetic_root), verify=False, executor=pool)
     assert stage_finals(tmp_path / "pool") == stage_finals(tmp_path / "here")
 
 

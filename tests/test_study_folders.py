@@ -57,8 +57,8 @@ ONE_RUN += "epochs = 1\n"
 # `study run` whose run stalls (holding the folder) until it is killed
 STALLING = """
 import sys, time
-import hpstudy.executors
-hpstudy.executors.train = lambda *args, **kwargs: time.sleep(600)
+import hpstudy.run
+hpstudy.run.train = lambda *args, **kwargs: time.sleep(600)
 from hpstudy.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -142,9 +142,9 @@ def test_missing_data_leaves_no_half_claimed_folder(
 def test_a_failed_run_is_retried_by_the_next_study_run(
     tmp_path: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hpstudy import executors
+    from hpstudy import run as run_package  # where the executors' run_job finds train
 
-    real_train = executors.train
+    real_train = run_package.train
 
     def flaky(config: RunConfig, run_dir: Path, **kw: Any) -> Any:
         if config.lr == 0.01:
@@ -152,14 +152,14 @@ def test_a_failed_run_is_retried_by_the_next_study_run(
         return real_train(config, run_dir, **kw)
 
     path, out = write_study(tmp_path), tmp_path / "out"
-    monkeypatch.setattr(executors, "train", flaky)
+    monkeypatch.setattr(run_package, "train", flaky)
     state = run_study(path, out=out, root=str(synthetic_root), verify=False)
     assert state.status == "incomplete"
     failed = state.failed_runs()
     assert [(s.label, r.error) for _, s, r in failed] == [("0.01", "RuntimeError: disk on fire")]
     assert "disk on fire" in (out / "report.md").read_text()
 
-    monkeypatch.setattr(executors, "train", real_train)
+    monkeypatch.setattr(run_package, "train", real_train)
     state = run_study(path, out=out, root=str(synthetic_root), verify=False)
     assert state.status == "finished" and not state.failed_runs()
     assert [r.status for s in state.stages[0].settings for r in s.runs] == ["finished"] * 2

@@ -1,28 +1,48 @@
-"""hpstudy: rerun, trust and extend hyperparameter studies."""
+"""hpstudy: rerun, trust and extend hyperparameter studies.
+
+As a library it prints nothing of its own: its records go to `logging.getLogger("hpstudy")`
+(a NullHandler only), for the program that uses it to show or silence. `__version__` is
+read from the installed package's metadata on first use, so pyproject.toml is the one
+place the version is written (and `import hpstudy` stays cheap for the command line).
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
 from typing import Any
 
-__version__ = "0.1.0"
+logging.getLogger("hpstudy").addHandler(logging.NullHandler())
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hpstudy")
+    except PackageNotFoundError:  # a source tree on sys.path, never installed
+        return "0+unknown"
 
 
 def __getattr__(name: str) -> Any:
-    # `hpstudy.load_model` and `hpstudy.run_study` without importing torch for every
-    # `import hpstudy`
-    if name == "load_model":
-        from hpstudy.export import load_model
-
-        return load_model
+    # PEP 562: names that would cost an import for every `import hpstudy`
+    if name == "__version__":
+        found = globals()["__version__"] = package_version()
+        return found
+    if name == "load_model":  # without importing torch for every `import hpstudy`
+        return importlib.import_module("hpstudy.export").load_model
     if name == "run_study":  # a study (config, dict, file or name) in, a StudyResult out
-        from hpstudy.study.runner import run
-
-        return run
+        return importlib.import_module("hpstudy.study.runner").run
     if name in ("StudyConfig", "StudyResult"):
-        from hpstudy import study
-
-        return getattr(study, name)
+        return getattr(importlib.import_module("hpstudy.study"), name)
     raise AttributeError(f"module 'hpstudy' has no attribute {name!r}")
 
 
-__all__ = ["StudyConfig", "StudyResult", "__version__", "load_model", "run_study"]
+__all__ = [
+    "StudyConfig",
+    "StudyResult",
+    "__version__",
+    "load_model",
+    "package_version",
+    "run_study",
+]

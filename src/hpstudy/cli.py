@@ -93,101 +93,86 @@ def add_run_config_options(p: argparse.ArgumentParser) -> None:
             )
 
 
-def add_slurm_options(p: argparse.ArgumentParser) -> None:
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """--executor and each executor's own options, declared by the executor (a group each).
+    A plugin that cannot be imported is listed, and says why when it is chosen."""
+    from hpstudy.executors import OptionGroup, executor_class, executor_names
+
+    names = executor_names()
+    groups: dict[str, list[argparse.Action]] = {}
+    summaries = []
+    for name in names:
+        try:
+            cls = executor_class(name)
+        except HpstudyError:
+            summaries.append(f"{name}: (cannot be loaded)")
+            continue
+        summaries.append(f"{name}: {cls.summary}" if cls.summary else name)
+        group = OptionGroup(p.add_argument_group(f"--executor {name}"))
+        cls.add_options(group)
+        groups[name] = group.actions
     p.add_argument(
-        "--slurm-cluster",
-        choices=("slurm", "local", "debug"),
-        default="slurm",
-        help="slurm executor: submitit's cluster; local runs the jobs as processes here, "
-        "debug in this process (default: slurm)",
+        "--executor",
+        choices=names,
+        default="local",
+        help="; ".join(summaries) + " (default: local)",
     )
-    p.add_argument(
-        "--slurm-partition", default=None, metavar="NAME", help="slurm executor: the partition"
-    )
-    p.add_argument(
-        "--slurm-gpus-per-job",
-        type=int,
-        default=None,
-        metavar="N",
-        help="slurm executor: GPUs per run (default: 1; local/debug: 1 if a GPU is visible)",
-    )
-    p.add_argument(
-        "--slurm-cpus-per-job",
-        type=int,
-        default=None,
-        metavar="N",
-        help="slurm executor: CPUs per run (default: the cluster's)",
-    )
-    p.add_argument(
-        "--slurm-time",
-        type=int,
-        default=None,
-        metavar="MINUTES",
-        help="slurm executor: time limit per job; a job that hits it is requeued and "
-        "resumes from its checkpoint (default: 1440)",
-    )
-    p.add_argument(
-        "--slurm-max-parallel",
-        type=int,
-        default=None,
-        metavar="N",
-        help="slurm executor: jobs queued or running at once (default: 32)",
-    )
+    p.set_defaults(executor_actions=groups)
 
 
-def slurm_options(args: argparse.Namespace) -> Any:
-    """SlurmOptions from the --slurm-* flags; flags without --executor slurm are refused."""
-    from hpstudy.executors import SlurmOptions
-
-    given = {
-        "partition": args.slurm_partition,
-        "gpus_per_job": args.slurm_gpus_per_job,
-        "cpus_per_job": args.slurm_cpus_per_job,
-        "time_minutes": args.slurm_time,
-        "max_parallel": args.slurm_max_parallel,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
-    if args.executor != "slurm":
-        if given or args.slurm_cluster != "slurm":
-            raise HpstudyError("--slurm-* options need --executor slurm")
-        return None
-    return SlurmOptions(cluster=args.slurm_cluster, **given)
+def executor_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen executor's own options, by dest; another executor's options are refused."""
+    chosen: dict[str, Any] = {}
+    for name, actions in args.executor_actions.items():
+        if name == args.executor:
+            chosen = {a.dest: getattr(args, a.dest) for a in actions}
+            continue
+        given = [a.option_strings[0] for a in actions if getattr(args, a.dest) != a.default]
+        if given:
+            them = "is an option" if len(given) == 1 else "are options"
+            raise HpstudyError(
+                f"{', '.join(given)} {them} of --executor {name} (not of {args.executor})"
+            )
+    return chosen
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hpstudy.study.budget import BUDGETS
+JSON_HELP = "one JSON object on stdout (with schema_version); lines for people on stderr"
 
-    parser = Parser(prog="hpstudy", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    data_p = sub.add_parser("data", help="the CIFAR-100 archive").add_subparsers(
-        dest="data_command", required=True
-    )
-    p = data_p.add_parser("download", help="fetch and verify the official archive")
-    add_data_options(p)
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def add_dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         choices=("cifar100", "cifar10"),
         default="cifar100",
         help="which archive (default: cifar100)",
     )
-    p = data_p.add_parser("info", help="split sizes, channel stats, class balance")
-    add_data_options(p)
-    p.add_argument(
-        "--dataset",
-        choices=("cifar100", "cifar10"),
-        default="cifar100",
-        help="which archive (default: cifar100)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="split seed (0 is the report's)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    p = sub.add_parser("train", help="train one run")
+
+def build_data(p: argparse.ArgumentParser) -> None:
+    data_p = p.add_subparsers(dest="data_command", required=True)
+    q = data_p.add_parser("download", help="fetch and verify the official archive")
+    add_data_options(q)
+    add_dataset(q)
+    add_json(q)
+    q = data_p.add_parser("info", help="split sizes, channel stats, class balance")
+    add_data_options(q)
+    add_dataset(q)
+    q.add_argument("--seed", type=int, default=0, help="split seed (0 is the report's)")
+    add_json(q)
+
+
+def build_train(p: argparse.ArgumentParser) -> None:
     add_run_config_options(p)
     add_data_options(p)
     p.add_argument("--out", required=True, type=Path, help="the run directory")
+    add_json(p)
 
-    p = sub.add_parser("evaluate", help="evaluate a finished run")
+
+def build_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="the run's folder (holds config.json)")
     p.add_argument(
         "--split",
@@ -196,15 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="val, or test (recorded in the run's summary.json) (default: val)",
     )
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:i] (default: auto)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_json(p)
     add_data_options(p)
 
-    study_p = sub.add_parser("study", help="run, inspect and show studies").add_subparsers(
-        dest="study_command", required=True
-    )
-    p = sub.add_parser(
-        "export", help="write model.safetensors and model.onnx, check them, time them"
-    )
+
+def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a finished run's folder")
     p.add_argument("--out", type=Path, default=None, help="folder for the files (default: RUN_DIR)")
     p.add_argument(
@@ -216,17 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latency-runs", type=int, default=100, help="batch-1 timings, median kept (default: 100)"
     )
+    add_json(p)
     add_data_options(p)
 
-    p = study_p.add_parser("run", help="run a study (resumes where it stopped)")
-    p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
-    p.add_argument(
+
+def build_study(p: argparse.ArgumentParser) -> None:
+    from hpstudy.study.budget import BUDGETS
+
+    study_p = p.add_subparsers(dest="study_command", required=True)
+    q = study_p.add_parser("run", help="run a study (resumes where it stopped)")
+    q.add_argument("study", help="a TOML file or a built-in name (seed-report)")
+    q.add_argument(
         "--out",
         type=Path,
         default=None,
         help="study folder (default: runs/NAME for the full budget, runs/NAME-BUDGET otherwise)",
     )
-    p.add_argument(
+    q.add_argument(
         "--budget",
         choices=BUDGETS,
         default="full",
@@ -234,36 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
         "images, for a CPU (seed-report in under an hour); smoke: 1-2 epochs on 2,048/512 "
         "images, to check the plumbing (default: full)",
     )
-    p.add_argument(
-        "--executor",
-        choices=("local", "ray", "slurm"),
-        default="local",
-        help="local: this machine; ray: a Ray cluster (pip install 'hpstudy[ray]'); slurm: "
-        "one SLURM job per run (pip install 'hpstudy[slurm]')",
-    )
-    p.add_argument(
-        "--devices",
-        default=None,
-        help="local executor: comma-separated GPU indices, one worker each; repeat an index "
-        "(0,0) to share a GPU; without a GPU, that many CPU workers",
-    )
-    p.add_argument(
-        "--runs-per-device",
-        type=int,
-        default=None,
-        metavar="N",
-        help="local executor: N worker processes per device (default: the auto table's, 1)",
-    )
-    add_slurm_options(p)
-    p.add_argument("--address", default=None, help="ray executor: cluster address (auto joins)")
-    p.add_argument("--device", default=None, help="device for every run (default: auto)")
-    p.add_argument(
+    add_executor_options(q)
+    q.add_argument("--device", default=None, help="device for every run (default: auto)")
+    q.add_argument(
         "--seeds",
         default=None,
         help="override the study's seeds: a count (3 = seeds 0,1,2) or a list (0,1,5); "
         "growing the seeds of a finished study trains only the new runs",
     )
-    p.add_argument(
+    q.add_argument(
         "--until-decided",
         type=int,
         default=None,
@@ -271,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a stage whose winner is not decided (an interval contains 0) gets one more "
         "seed at a time, up to N seeds, before the next stage starts",
     )
-    p.add_argument(
+    q.add_argument(
         "--follow",
         choices=("own", "published"),
         default="own",
@@ -279,18 +245,45 @@ def build_parser() -> argparse.ArgumentParser:
         "winners, so every table compares like with like (default folder "
         "runs/NAME[-BUDGET]-published) (default: own)",
     )
-    p.add_argument(
+    q.add_argument(
         "--split-follows-seed",
         action="store_true",
         default=None,
         help="draw each run's train/val split from its seed (split_follows_seed = true in "
         "the study file; a different study: other runs, another folder)",
     )
-    add_data_options(p)
+    add_json(q)
+    add_data_options(q)
     add_study_inspection(study_p)
 
-    p = sub.add_parser("report", help="write report.md / report.html for a study folder")
+
+def build_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="a study folder")
+    add_json(p)
+
+
+# command -> (its one-line help, the function that adds its options)
+SUBCOMMANDS = {
+    "data": ("the CIFAR-100 archive", build_data),
+    "train": ("train one run", build_train),
+    "evaluate": ("evaluate a finished run", build_evaluate),
+    "study": ("run, inspect and show studies", build_study),
+    "export": ("write model.safetensors and model.onnx, check them, time them", build_export),
+    "report": ("write report.md / report.html for a study folder", build_report),
+}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The `hpstudy` parser. Given the command line, only its command's options are built:
+    `train`'s come from RunConfig (pydantic), `study run`'s from the executors, and
+    `hpstudy --help` needs neither. Without it, every command's."""
+    parser = Parser(prog="hpstudy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    words = [a for a in argv if not a.startswith("-")] if argv is not None else None
+    for name, (help_text, build) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if words is None or (words and words[0] == name):
+            build(p)
     return parser
 
 
@@ -311,14 +304,17 @@ def add_study_inspection(study_p: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="the study's analysis (every number and verdict of its report) as one JSON object",
+        help="the study's analysis (every number and verdict of its report) and what is left "
+        "to run, as one JSON object",
     )
     p = study_p.add_parser("show", help="print a study's stages, or its file with --toml")
     p.add_argument("study", help="a TOML file or a built-in name (seed-report)")
     p.add_argument(
         "--toml", action="store_true", help="print the study file exactly, to copy and change"
     )
-    study_p.add_parser("list", help="the built-in studies, a line each")
+    add_json(p)
+    p = study_p.add_parser("list", help="the built-in studies, a line each")
+    add_json(p)
     p = study_p.add_parser("init", help="write a commented study file to start from")
     p.add_argument("name", help="the new study's name (also its file's, NAME.toml)")
     p.add_argument(
@@ -331,10 +327,14 @@ def add_study_inspection(study_p: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="file to write (default: NAME.toml); never replaced"
     )
+    add_json(p)
 
 
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
+def print_json(obj: dict[str, Any]) -> None:
+    """A `--json` command's one object on stdout, with the output's schema_version."""
+    from hpstudy.files import stamped
+
+    sys.stdout.write(json.dumps(stamped(obj, "output")) + "\n")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -342,7 +342,10 @@ def cmd_data(args: argparse.Namespace) -> None:
 
     if args.data_command == "download":
         folder = data.download(args.root, verify=args.verify, dataset=args.dataset)
-        print(f"{data.layout_of(args.dataset).title} ready in {folder}")
+        if args.json:
+            print_json({"dataset": args.dataset, "folder": str(folder)})
+        else:
+            print(f"{data.layout_of(args.dataset).title} ready in {folder}")
         return
     info = data.dataset_info(args.root, seed=args.seed, verify=args.verify, dataset=args.dataset)
     if args.json:
@@ -361,7 +364,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from hpstudy.run import train
 
     summary = train(config, args.out, root=args.root, verify=args.verify)
-    if summary.final is not None:
+    if args.json:
+        print_json({"run_dir": str(args.out), **summary.model_dump(mode="json")})
+    elif summary.final is not None:
         print(
             f"{args.out}: {summary.status} {summary.epochs_done} epochs, "
             f"val acc {summary.final['val_acc']:.4f}, val loss {summary.final['val_loss']:.4f}"
@@ -398,6 +403,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         check=args.check,
         latency_runs=args.latency_runs,
     )
+    if args.json:
+        print_json(result)
+        return
     out = args.out or args.run_dir
     files = ", ".join(f"{name} ({size / 1e6:.2f} MB)" for name, size in result["files"].items())
     print(f"{out}: {files}, export.json ({result['weights']} weights)")
@@ -421,7 +429,11 @@ def cmd_study_show(args: argparse.Namespace) -> None:
 
     config = study.load_study(args.study)
     study.Plan(config, "full").validate()
-    if args.toml:
+    if args.json:
+        text, _ = study.study_text(args.study)
+        shown = {"source": str(config.source), "study": config.model_dump(mode="json")}
+        print_json({**shown, "toml": text} if args.toml else shown)
+    elif args.toml:
         sys.stdout.write(study.study_text(args.study)[0])
     else:
         print(study.describe(config))
@@ -431,9 +443,13 @@ def cmd_study_list(args: argparse.Namespace) -> None:
     from hpstudy import study
 
     names = study.builtin_names()
+    described = {name: study.load_study(name).description for name in names}
+    if args.json:
+        print_json({"studies": [{"name": n, "description": d} for n, d in described.items()]})
+        return
     width = max(map(len, names), default=0)
-    for name in names:
-        print(f"{name:{width}}  {study.load_study(name).description}")
+    for name, description in described.items():
+        print(f"{name:{width}}  {description}")
 
 
 def cmd_study_init(args: argparse.Namespace) -> None:
@@ -448,18 +464,40 @@ def cmd_study_init(args: argparse.Namespace) -> None:
         raise HpstudyError(
             f"{out}: exists; init never overwrites a file (use another --out)"
         ) from None
+    if args.json:
+        print_json({"name": args.name, "file": str(out)})
+        return
     print(f"{out}: study {args.name!r} written; edit it, then try: hpstudy study run {out} "
           "--budget smoke")
+
+
+def progress_left(folder_path: Path) -> dict[str, Any] | None:
+    """`study status --json`'s progress: runs and epochs done of the plan, and the time
+    left at the measured speed; None for a finished study."""
+    from hpstudy.study import StudyFolder
+    from hpstudy.study.status import folder_progress
+
+    folder = StudyFolder(folder_path)
+    state = folder.read_state()
+    progress = folder_progress(folder, state) if state.status != "finished" else None
+    if progress is None:
+        return None
+    return {
+        "runs_done": progress.runs_done, "runs": progress.runs,
+        "epochs_done": progress.epochs_done, "epochs": progress.epochs,
+        "seconds_left": progress.seconds_left,
+    }  # fmt: skip
 
 
 def cmd_study_status(args: argparse.Namespace) -> None:
     from hpstudy import study
 
+    if args.watch is not None and args.json:
+        raise HpstudyError("--watch and --json: choose one (--json prints the status once)")
     if args.json:
-        if args.watch is not None:
-            raise HpstudyError("--json prints the analysis once; it does not go with --watch")
         # through JSON text: pydantic writes a non-finite number as null, as JSON has none
-        print_json(json.loads(study.analyse(args.dir).model_dump_json()))
+        printed = json.loads(study.analyse(args.dir).model_dump_json())
+        print_json({**printed, "progress": progress_left(args.dir)})
         return
     if args.watch is None:
         print(study.status_text(args.dir))
@@ -481,44 +519,39 @@ def cmd_study(args: argparse.Namespace) -> None:
     }
     if args.study_command in inspect:
         inspect[args.study_command](args)
-    else:
-        # a study file that does not load fails before the runner (and torch) is imported
-        from hpstudy.study.spec import load_study
+        return
+    # a study file that does not load fails before the runner (and torch) is imported
+    from hpstudy.study.spec import load_study
 
-        load_study(args.study)
-        if args.executor != "local" and (args.devices or args.runs_per_device is not None):
-            raise HpstudyError("--devices and --runs-per-device are for --executor local")
-        devices = None
-        if args.devices:
-            try:
-                devices = [int(d) for d in args.devices.split(",")]
-            except ValueError:  # int() also refuses "" (0,,1) and huge text
-                raise HpstudyError(
-                    f"--devices: expected GPU indices like 0,1 (got {args.devices!r})"
-                ) from None
-        study.run_study(
-            args.study,
-            out=args.out,
-            budget=args.budget,
-            executor=args.executor,
-            root=args.root,
-            verify=args.verify,
-            devices=devices,
-            address=args.address,
-            device=args.device,
-            runs_per_device=args.runs_per_device,
-            slurm=slurm_options(args),
-            seeds=study.parse_seeds(args.seeds) if args.seeds is not None else None,
-            until_decided=args.until_decided,
-            follow=args.follow,
-            split_follows_seed=args.split_follows_seed,
-        )
+    config = load_study(args.study)
+    values = executor_values(args)  # another executor's options are refused here
+    state = study.run_study(
+        args.study,
+        out=args.out,
+        budget=args.budget,
+        executor=args.executor,
+        root=args.root,
+        verify=args.verify,
+        device=args.device,
+        seeds=study.parse_seeds(args.seeds) if args.seeds is not None else None,
+        until_decided=args.until_decided,
+        follow=args.follow,
+        split_follows_seed=args.split_follows_seed,
+        **values,
+    )
+    if args.json:
+        folder = args.out or study.default_out(config.name, args.budget, args.follow)
+        report = {"report": str(Path(folder) / "report.md")}
+        print_json({"folder": str(folder), **report, "state": state.model_dump(mode="json")})
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from hpstudy.report import write_report
 
     path = write_report(args.dir)
+    if args.json:
+        print_json({"report": str(path), "html": str(path.with_suffix(".html"))})
+        return
     print(f"report written: {path}")
 
 
@@ -537,9 +570,13 @@ def one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    from hpstudy.progress import cli_logging
+
     try:
-        COMMANDS[args.command](args)
+        with cli_logging():
+            COMMANDS[args.command](args)
     except HpstudyError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 1

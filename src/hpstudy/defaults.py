@@ -48,7 +48,7 @@ def table_path() -> Path:
 
 @functools.cache
 def load_table(path: Path) -> AutoTable:
-    table = read_model(path, AutoTable)
+    table = read_model(path, AutoTable, "auto_defaults")
     missing = [t for t in DEVICE_TYPES if t not in table.rows]
     if missing:
         raise HpstudyError(f"{path}: no row for {', '.join(missing)}")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from hpstudy.errors import HpstudyError
-from hpstudy.files import write_json
+from hpstudy.files import stamped, write_json
 from hpstudy.models import count_macs, count_parameters
 from hpstudy.run import RunDir, load_data, split_of
 from hpstudy.run.evaluate import load_trained
@@ -229,7 +229,8 @@ def export_run(
         images = cifar.train.images[val_idx[:CHECK_IMAGES]]
         result["check"] = check_outputs(deployable, session, images)
     result["latency"] = benchmark(deployable, session, latency_runs)
-    write_json(out_dir / "export.json", result)
+    result = stamped(result, "export")  # returned as written
+    write_json(out_dir / "export.json", result, "export")
     if result["check"] is not None and not result["check"]["passed"]:
         c = result["check"]
         raise HpstudyError(

@@ -1,14 +1,22 @@
-"""Bytes on disk: atomic writes and JSON read back into typed records, failing in one line.
+"""Bytes on disk: atomic writes, and JSON read back into typed records through one schema table.
 
 Every file hpstudy writes goes through `write_atomic`, so a kill mid-write leaves
 the old file or the new one, never a torn one. Which files exist and what they
 hold is owned by `run.folder` (a run's files) and `study.state` (a study's).
+
+Every JSON object hpstudy writes (files and `--json` output) carries `schema_version`:
+the version of its kind's layout (SCHEMA_VERSIONS). Reading a file upgrades it first:
+a file without the key (every folder written before it existed) is version 0, and the
+MIGRATIONS of its kind bring it, one version at a time, to today's layout; a file
+written by a newer hpstudy is refused in one line. `schema_version` is never part of
+the record itself (a RunConfig's hash is computed without it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +25,69 @@ from pydantic import BaseModel, ValidationError
 from hpstudy.errors import HpstudyError
 
 Model = TypeVar("Model", bound=BaseModel)
+SCHEMA_KEY = "schema_version"
+Raw = dict[str, Any]
+
+# file kind -> the layout this hpstudy writes (and reads, with the migrations below)
+SCHEMA_VERSIONS = {
+    "config": 1,  # a run's config.json (RunConfig)
+    "summary": 1,  # a run's summary.json (Summary)
+    "export": 1,  # a run's export.json
+    "study": 1,  # a study's study.json (StudyRecord)
+    "state": 1,  # a study's state.json (StudyState)
+    "speed": 1,  # the speed cache, speed.json
+    "auto_defaults": 1,  # the `auto` table, auto_defaults.json (benchmarks/gpu_check.py)
+    "gpu_check": 1,  # benchmarks/gpu_check.py's gpu_check.json
+    "output": 1,  # the object a `--json` command prints
+}
+
+
+def state_0_to_1(raw: Raw) -> Raw:
+    """state.json before schema versions: keys added since it was first written."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        data.setdefault("dataset", "cifar100")  # written before CIFAR-10
+    for stage in raw.get("stages") or []:
+        if isinstance(stage, dict):
+            stage.setdefault("kind", "values")  # written before stage kinds
+    raw.setdefault("follow", "own")  # written before --follow
+    raw.setdefault("until_decided", None)  # written before --until-decided
+    return raw
+
+
+# kind -> {version: the function that upgrades a dict of that version to the next};
+# a version without an entry changed nothing that reading needs (only the key was added)
+MIGRATIONS: dict[str, dict[int, Callable[[Raw], Raw]]] = {
+    "state": {0: state_0_to_1},
+}
+
+
+def stamped(obj: Raw, kind: str) -> Raw:
+    """`obj` with its kind's schema_version, as hpstudy writes it."""
+    return {**obj, SCHEMA_KEY: SCHEMA_VERSIONS[kind]}
+
+
+def upgrade(raw: Any, kind: str, where: str) -> Any:
+    """`raw` (a file's JSON) at today's layout, its schema_version taken out; a JSON value
+    that is not an object is returned as it is, for its reader to refuse."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    found = raw.pop(SCHEMA_KEY, 0)
+    current = SCHEMA_VERSIONS[kind]
+    if type(found) is not int or found < 0:
+        shown = repr(found) if len(repr(found)) <= 40 else repr(found)[:37] + "..."
+        raise HpstudyError(f"{where}: {SCHEMA_KEY}: expected a whole number >= 0 (got {shown})")
+    if found > current:
+        raise HpstudyError(
+            f"{where}: written by a newer hpstudy (schema {found}; this hpstudy reads up to "
+            f"{current}): upgrade hpstudy"
+        )
+    steps = MIGRATIONS.get(kind, {})
+    for version in range(found, current):
+        if version in steps:
+            raw = steps[version](raw)
+    return raw
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
@@ -32,13 +103,16 @@ def write_atomic(path: Path, payload: bytes) -> None:
         raise HpstudyError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path: Path, obj: Raw, kind: str) -> None:
+    """`obj` as `kind`'s JSON file, schema_version added."""
+    payload = json.dumps(stamped(obj, kind), indent=2, sort_keys=True) + "\n"
+    write_atomic(path, payload.encode())
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, kind: str) -> Any:
+    """`kind`'s JSON file, upgraded to today's layout (see `upgrade`)."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as err:
         raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
@@ -46,6 +120,7 @@ def read_json(path: Path) -> Any:
         # nesting too deep for the parser is a RecursionError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HpstudyError(f"{path}: not valid JSON ({first})") from None
+    return upgrade(raw, kind, str(path))
 
 
 def validation_message(err: ValidationError, model: type[BaseModel] | None = None) -> str:
@@ -86,9 +161,10 @@ def parse_model(model: type[Model], raw: Any, where: str) -> Model:
         raise HpstudyError(f"{where}: {validation_message(err, model)}") from None
 
 
-def read_model(path: Path, model: type[Model]) -> Model:
-    return parse_model(model, read_json(path), str(path))
+def read_model(path: Path, model: type[Model], kind: str) -> Model:
+    """`kind`'s JSON file as a `model`, upgraded to today's layout first."""
+    return parse_model(model, read_json(path, kind), str(path))
 
 
-def write_model(path: Path, record: BaseModel) -> None:
-    write_json(path, record.model_dump(mode="json"))
+def write_model(path: Path, record: BaseModel, kind: str) -> None:
+    write_json(path, record.model_dump(mode="json"), kind)

@@ -1,20 +1,29 @@
-"""Progress on stderr: one rich live display on a terminal, plain lines everywhere else.
+"""What hpstudy says while it works: log lines, and a live display where someone watches.
 
-A study running its runs in this process opens a `StudyDisplay`: one live area
-with the study's runs and epochs done, the time left at the measured speed, and
-the current run's label, epoch and batch. The training loop reports to whatever
-display is open (none: a bare `hpstudy train`), so it never needs to know about
-studies. Each finished epoch leaves one labelled line above the live area. When
-stderr is not a terminal (CI, a log file, Ray workers, worker processes), nothing
-is drawn: the same lines come out plain, without control characters.
+Every module logs through `logging.getLogger("hpstudy.<module>")`; hpstudy itself installs
+no handler (a NullHandler only), so a Python program that uses hpstudy prints nothing
+unless it configures logging. The command line installs a `ConsoleHandler` for the
+length of a command (`cli_logging`): each record one line on stderr, coloured by its
+level on a terminal, plain (no control characters) anywhere else.
+
+A study running its runs in this process opens a `StudyDisplay`: one live area with the
+study's runs and epochs done, the time left at the measured speed, and the current run's
+label, epoch and batch. It lives in the handler, so it is drawn only where the command
+line installed one and stderr is a terminal; the training loop reaches it through the
+run hook "progress" (hpstudy.run.hooks), never directly. Worker processes, Ray tasks and
+SLURM jobs install a plain handler of their own at the driver's level (`log_in_worker`),
+so their epoch lines come out as they do in this process.
+
+A leaf module (logging and rich only): the command line imports it without torch.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.live import Live
@@ -28,28 +37,116 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+ROOT_LOGGER = "hpstudy"
+# third-party loggers the command line quiets: Optuna says "Trial 3 finished ..." per trial,
+# which the study's own lines already say
+QUIETED = {"optuna": logging.WARNING}
+# colours by level on a terminal; a record's `style` extra (e.g. bold) overrides
+LEVEL_STYLES = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "bold red"}
 # how often a drawn bar reads the running loss (reading a GPU scalar waits for the GPU)
 INFO_EVERY_S = 0.25
 
-
-def use_plain_lines() -> None:
-    """Plain lines from now on, whatever stderr is: for worker processes, whose lines
-    interleave with others' on the same terminal."""
-    global console
-    console = Console(stderr=True, force_terminal=False, no_color=True)
-
-
-def is_live() -> bool:
-    return console.is_terminal
+logger = logging.getLogger(__name__)
 
 
 class Advance(Protocol):
     def __call__(self, steps: int = 1, info: Callable[[], str] | None = None) -> None: ...
 
 
-def log(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
+class ConsoleHandler(logging.Handler):
+    """Each record as one line on a rich console (stderr): the message exactly, styled by
+    its level or its `style` extra where the console is a terminal. It holds the study's
+    live display, if one is open, so lines are printed above it."""
+
+    def __init__(self, console: Console | None = None, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.console = console if console is not None else Console(stderr=True)
+        self.display: StudyDisplay | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            style = getattr(record, "style", None) or LEVEL_STYLES.get(record.levelno, "")
+            self.console.print(
+                record.getMessage(), style=style, markup=False, highlight=False, soft_wrap=True
+            )
+        except Exception:
+            self.handleError(record)
+
+
+def plain_console() -> Console:
+    """A console that never draws: for processes whose lines interleave with others'."""
+    return Console(stderr=True, force_terminal=False, no_color=True)
+
+
+def active_handler() -> ConsoleHandler | None:
+    """The ConsoleHandler this process installed (the command line's, or a worker's)."""
+    for handler in logging.getLogger(ROOT_LOGGER).handlers:
+        if isinstance(handler, ConsoleHandler):
+            return handler
+    return None
+
+
+def install(handler: ConsoleHandler, level: int) -> Callable[[], None]:
+    """Put `handler` on hpstudy's logger (instead of any ConsoleHandler there) at `level`,
+    and quiet the QUIETED loggers; returns the function that undoes it all."""
+    root = logging.getLogger(ROOT_LOGGER)
+    replaced = [h for h in root.handlers if isinstance(h, ConsoleHandler)]
+    for h in replaced:
+        root.removeHandler(h)
+    saved = {name: logging.getLogger(name).level for name in QUIETED}
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name, quiet in QUIETED.items():
+        logging.getLogger(name).setLevel(max(quiet, level))
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        for h in replaced:
+            root.addHandler(h)
+        root.setLevel(old_level)
+        for name, was in saved.items():
+            logging.getLogger(name).setLevel(was)
+
+    return undo
+
+
+@contextmanager
+def cli_logging(plain: bool = False, level: int = logging.INFO) -> Iterator[ConsoleHandler]:
+    """The command line's logging for the block: hpstudy's records on stderr (`plain`: never
+    drawn, whatever stderr is), Optuna's per-trial lines quieted; all undone after."""
+    handler = ConsoleHandler(plain_console() if plain else None, level)
+    undo = install(handler, level)
+    try:
+        yield handler
+    finally:
+        undo()
+
+
+def worker_log_level() -> int | None:
+    """The level at which this process shows hpstudy's records, for the workers it starts to
+    show theirs the same way; None where no handler would show them (a Python program that
+    configured no logging: its workers stay silent too)."""
+    log: logging.Logger | None = logging.getLogger(ROOT_LOGGER)
+    level = logging.getLogger(ROOT_LOGGER).getEffectiveLevel()
+    while log is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in log.handlers):
+            return level
+        log = log.parent if log.propagate else None
+    return None
+
+
+def log_in_worker(level: int | None) -> None:
+    """In a worker process (local worker, Ray task, SLURM job): plain lines on stderr at the
+    driver's `level` (None: nothing), replacing what an earlier task of the process set."""
+    if level is not None:
+        install(ConsoleHandler(plain_console(), level), level)
+
+
+def is_live() -> bool:
+    """Whether a bar or a live area would be drawn: a handler is installed on a terminal."""
+    handler = active_handler()
+    return handler is not None and handler.console.is_terminal
 
 
 def duration(seconds: float) -> str:
@@ -101,8 +198,8 @@ class StudyDisplay:
             f"{'time left unknown' if left is None else duration(left) + ' left'}"
         )
 
-    def start(self) -> None:
-        if not (self.live and is_live()):
+    def start(self, console: Console) -> None:
+        if not (self.live and console.is_terminal):
             return
         # bars first, at fixed widths; the words last, cut at the terminal's edge if need be
         self.progress = Progress(
@@ -143,14 +240,14 @@ class StudyDisplay:
         self.runs_done += 1
         self.redraw()
         if self.progress is None:
-            log(f"study: {self.summary()}")
+            logger.info(f"study: {self.summary()}")
 
     def update(self, runs_done: int, epochs_done: int) -> None:
         """Counts read back from the run folders (runs trained elsewhere: workers, Ray)."""
         self.runs_done, self.epochs_done = runs_done, epochs_done
         self.redraw()
         if self.progress is None:
-            log(f"study: {self.summary()}")
+            logger.info(f"study: {self.summary()}")
 
     @contextmanager
     def run_bar(self, description: str, total: int) -> Iterator[Advance]:
@@ -168,41 +265,47 @@ class StudyDisplay:
         yield throttled(update)
 
 
-display: StudyDisplay | None = None  # the study being shown in this process, if any
+def open_display() -> StudyDisplay | None:
+    handler = active_handler()
+    return handler.display if handler is not None else None
 
 
 @contextmanager
 def study_display(d: StudyDisplay) -> Iterator[StudyDisplay]:
-    global display
-    display = d
-    d.start()
+    """Show `d` for the block, where a handler is installed (else it only counts)."""
+    handler = active_handler()
+    if handler is None:
+        yield d
+        return
+    handler.display = d
+    d.start(handler.console)
     try:
         yield d
     finally:
         d.stop()
-        display = None
+        handler.display = None
 
 
 def run_started(label: str) -> None:
-    if display is not None:
+    if (display := open_display()) is not None:
         display.run_started(label)
 
 
 def epoch_finished(line: str, seconds: float) -> None:
     """An epoch's labelled line, kept above the live area; the study's counts move on."""
-    log(line)
-    if display is not None:
+    logger.info(line)
+    if (display := open_display()) is not None:
         display.epoch_finished(seconds)
 
 
 def run_finished() -> None:
-    if display is not None:
+    if (display := open_display()) is not None:
         display.run_finished()
 
 
 def show_progress(runs_done: int, epochs_done: int) -> None:
     """Counts read back from the run folders, for runs trained elsewhere (workers, Ray)."""
-    if display is not None:
+    if (display := open_display()) is not None:
         display.update(runs_done, epochs_done)
 
 
@@ -222,6 +325,10 @@ def throttled(update: Callable[..., None]) -> Advance:
     return advance
 
 
+def no_advance(steps: int = 1, info: Callable[[], str] | None = None) -> None:
+    pass
+
+
 @contextmanager
 def bar(description: str, total: int, enabled: bool | None = None) -> Iterator[Advance]:
     """Yield `advance(steps, info)`; draws a bar only where someone watches a terminal: the
@@ -230,11 +337,13 @@ def bar(description: str, total: int, enabled: bool | None = None) -> Iterator[A
     `info` is a callable so that what it reads (a loss on the GPU, which syncs)
     is only read when a bar is drawn, a few times a second.
     """
-    if enabled is None:
-        enabled = is_live()
-    if not enabled:
-        yield lambda steps=1, info=None: None
+    handler = active_handler()
+    live = handler is not None and handler.console.is_terminal
+    if not (live if enabled is None else enabled and live):
+        yield no_advance
         return
+    assert handler is not None
+    display = handler.display
     if display is not None and display.progress is not None:
         with display.run_bar(description, total) as advance:
             yield advance
@@ -246,7 +355,7 @@ def bar(description: str, total: int, enabled: bool | None = None) -> Iterator[A
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=handler.console,
         transient=True,
     ) as progress:
         task = progress.add_task(description, total=total, info="")
@@ -274,3 +383,30 @@ def watch(render: Callable[[], str], ended: Callable[[], bool], seconds: float) 
             if done:
                 return
             time.sleep(seconds)
+
+
+def style(name: str) -> dict[str, Any]:
+    """`extra=` for a record drawn in a rich style on a terminal:
+    `logger.info(text, **style("bold"))`."""
+    return {"extra": {"style": name}}
+
+
+__all__ = [
+    "ROOT_LOGGER",
+    "ConsoleHandler",
+    "StudyDisplay",
+    "active_handler",
+    "bar",
+    "cli_logging",
+    "duration",
+    "epoch_finished",
+    "is_live",
+    "log_in_worker",
+    "run_finished",
+    "run_started",
+    "show_progress",
+    "study_display",
+    "style",
+    "watch",
+    "worker_log_level",
+]

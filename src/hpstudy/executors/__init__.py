@@ -8,60 +8,50 @@ trial at that moment and reads the results of the runs that ended.
 
 Executors differ only in where `run_job` (and `call`, for the study's other work on
 the data: its summary and the final test evaluation) is called: in this process, in
-worker processes on this machine, as Ray tasks, or as SLURM jobs (submitit).
+worker processes on this machine, as Ray tasks, or as SLURM jobs (submitit). A job
+carries its run hooks as `HookSpec`s, resolved where it trains, so an executor knows
+nothing of studies: it imports `hpstudy.run` and `hpstudy.config`, never `hpstudy.study`.
 
-`run` takes any iterable of jobs and pulls the next one only when a slot frees, so
-whoever makes the jobs can decide the next one from the results so far.
+Executors are plugins: a registry of names (`register_executor`; the built-ins local, ray
+and slurm; entry points of the group `hpstudy.executors`), each an `ExecutorBase`
+subclass that declares its command-line options (`add_options`) and builds itself from
+them (`from_options`). A new executor is one file: see docs/plugins.md.
 """
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from hpstudy.config import RunConfig
+from hpstudy import plugins
 from hpstudy.errors import HpstudyError
-from hpstudy.progress import log
-from hpstudy.run import RunDir, Summary, train
+from hpstudy.run.hooks import HookSpec, default_hooks
+
+if TYPE_CHECKING:
+    import argparse
+
+    from hpstudy.config import RunConfig
+    from hpstudy.run import Summary
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TrialRef:
-    """The Optuna trial a run belongs to: its worker reports `metric` to it after each
-    epoch and stops when the pruner says so. The journal is a file every worker reads."""
-
-    journal: Path
-    study_name: str
-    number: int
-    metric: str  # val_acc or val_loss
-    pruner: str | None  # median, asha or none
+EXECUTOR_GROUP = "hpstudy.executors"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Job:
+    """One run to train: its config, its folder, its label in progress lines (`stage 2
+    schedule=cosine seed 0`) and its hooks (None: `default_hooks(label)`, TensorBoard and
+    the epoch lines). Plain data: it is pickled to worker processes, Ray tasks, SLURM jobs."""
+
     config: RunConfig
     run_dir: Path
-    label: str = ""  # names the run in progress lines: "stage 2 schedule=cosine seed 0"
-    trial: TrialRef | None = None
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """How `--executor slurm` submits: submitit's cluster (slurm, or local/debug on this
-    machine), the partition, GPUs and CPUs per job, the time limit, jobs in flight."""
-
-    cluster: str = "slurm"
-    partition: str | None = None
-    gpus_per_job: int | None = None  # None: 1 on slurm; local/debug: 1 if a GPU is visible
-    cpus_per_job: int | None = None  # None: slurm's default; threads follow what the job got
-    time_minutes: int = 24 * 60
-    max_parallel: int = 32
-    folder: Path | None = None  # submitit's logs; None: STUDY/slurm
+    label: str = ""
+    hooks: tuple[HookSpec, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,38 +61,156 @@ class DataOptions:
 
 
 class Executor(Protocol):
+    """What a study needs of an executor. `ExecutorBase` gives every method but `run` and
+    `call` a default."""
+
     # True where jobs train in this process (their progress can be drawn live here)
     in_process: bool
+
+    def open(self, study_dir: Path) -> None:
+        """Called once by a study, before any `call` or `run`, with its folder: where the
+        executor may keep files of its own (slurm: its job logs)."""
 
     def device_type(self) -> str:
         """cpu or cuda: where runs will execute, so their precision can be resolved."""
 
     def run(self, jobs: Iterable[Job]) -> None:
-        """Run every job, pulling the next one from `jobs` only when it can start."""
+        """Run every job (`run_job` where it trains), pulling the next one from `jobs` only
+        when it can start. A job's failure is recorded in its run folder, never raised."""
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args, device)` where runs run: the driver may have no data and no GPU."""
+        """`fn(*args, DEVICE)` where runs run: the device name the runs use there (a str, or
+        None for auto) is APPENDED as the last positional argument, so every function a
+        study ships this way ends in a `device` parameter. It is the study's other work on
+        the data (its summary, the speed, the test evaluation), for a driver that may have
+        no data and no GPU. `fn` and `args` must pickle (top-level functions, plain data);
+        its one-line errors (HpstudyError) come back as they are."""
 
     def close(self) -> None:
         """Release what the executor started (a local Ray)."""
 
 
+class OptionGroup:
+    """An argparse group that remembers the options added to it: the command line refuses
+    an executor's options given with another executor."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.actions: list[argparse.Action] = []
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self.group.add_argument(*args, **kwargs)
+        self.actions.append(action)
+        return action
+
+
+class ExecutorBase:
+    """Defaults for an executor: no options, nothing to open or close, runs elsewhere.
+
+    A subclass sets `summary` (its line in `--executor`'s help), implements `run` and
+    `call`, and where it takes options, `add_options` (argparse options, best prefixed by
+    its name: `--slurm-time`) and `from_options` (which receives them by their dests).
+    """
+
+    summary: ClassVar[str] = ""
+    in_process: bool = False
+
+    def __init__(self, options: DataOptions, *, device: str | None = None) -> None:
+        self.options = options
+        self.device = device
+
+    @classmethod
+    def add_options(cls, group: OptionGroup) -> None:
+        """Add this executor's command-line options to `group` (none by default)."""
+
+    @classmethod
+    def from_options(
+        cls, options: DataOptions, device: str | None, values: dict[str, Any]
+    ) -> Executor:
+        """The executor for the data `options`, the runs' `device` (None: auto) and its own
+        options' `values` (by dest; Python callers pass the same keywords)."""
+        return cls(options, device=device, **values)  # type: ignore[return-value]
+
+    def open(self, study_dir: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def device_type(self) -> str:
+        from hpstudy.run import resolve_device
+
+        return resolve_device(self.device or "auto").type
+
+
+ExecutorClass = type[ExecutorBase]
+
+# name -> class, or the "module:attr" of one (imported when first asked for)
+_EXECUTORS: dict[str, ExecutorClass | str] = {
+    "local": "hpstudy.executors.local:LocalExecutor",
+    "ray": "hpstudy.executors.ray:RayExecutor",
+    "slurm": "hpstudy.executors.slurm:SlurmExecutor",
+}
+
+
+def register_executor(name: str, factory: ExecutorClass | str) -> None:
+    """Make `--executor NAME` (and `make_executor(NAME, ...)`) build `factory`: a class like
+    ExecutorBase's, or its "module:attr" reference (imported when first asked for)."""
+    if not name or plugins.is_reference(name):
+        raise HpstudyError(f"executor name {name!r}: a plain name (no ':')")
+    _EXECUTORS[name] = factory
+
+
+def executor_names() -> list[str]:
+    """Built-in and registered executors first, in order, then those of installed plugins."""
+    plugged = [n for n in plugins.entry_point_names(EXECUTOR_GROUP) if n not in _EXECUTORS]
+    return [*_EXECUTORS, *plugged]
+
+
+def executor_class(name: str) -> ExecutorClass:
+    """The class `--executor NAME` builds, imported now; one line for a name nobody knows."""
+    found: Any = _EXECUTORS.get(name)
+    if found is None:
+        found = plugins.load_entry_point(EXECUTOR_GROUP, name)
+    if found is None:
+        known = ", ".join(executor_names())
+        raise HpstudyError(f"executor: must be one of {known} (got {name!r})")
+    if isinstance(found, str):  # looked up each time: a module reloaded (or patched) counts
+        found = plugins.load_object(found, f"executor {name!r}")
+    return found  # type: ignore[no-any-return]
+
+
+def make_executor(
+    name: str, options: DataOptions, *, device: str | None = None, **values: Any
+) -> Executor:
+    """The executor `name` for these data options and device; `values` are its own options
+    (local: devices, runs_per_device; ray: address; slurm: slurm_cluster, slurm_time, ...)."""
+    return executor_class(name).from_options(options, device, values)
+
+
+def open_executor(
+    executor: str | Executor, options: DataOptions, study_dir: Path, device: str | None = None
+) -> Executor:
+    """A study's executor, given by name or as an instance, opened on the study's folder."""
+    if isinstance(executor, str):
+        executor = make_executor(executor, options, device=device)
+    executor.open(study_dir)
+    return executor
+
+
 def run_job(job: Job, options: DataOptions, device: str | None = None) -> Summary:
-    """Train one job; a failure is recorded in its run folder, never raised."""
+    """Train one job, its hooks resolved here; a failure is recorded in its run folder,
+    never raised."""
+    from hpstudy.run import train
+
     config = job.config if device is None else job.config.model_copy(update={"device": device})
     try:
-        on_epoch = None
-        if job.trial is not None:
-            # the study's search step, imported only where a run belongs to a trial
-            from hpstudy.study.search import trial_reporter
-
-            on_epoch = trial_reporter(job.trial)
         return train(
             config,
             job.run_dir,
             root=options.root,
             verify=options.verify,
-            on_epoch=on_epoch,
+            hooks=job.hooks if job.hooks is not None else default_hooks(job.label or None),
             label=job.label or None,
         )
     except KeyboardInterrupt:
@@ -123,80 +231,31 @@ def describe(summary: Summary) -> str:
 
 def first_line(err: BaseException) -> str:
     """An exception's type and first line: a remote failure's traceback in one line."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return plugins.first_line(err)
 
 
 def record_failure(job: Job, message: str, details: str = "") -> Summary:
+    from hpstudy.run import RunDir
+
     summary = RunDir(job.run_dir).record_failure(job.config.run_hash(), message, details)
-    log(f"[red]{job.label or job.run_dir.name}: failed: {message}[/red]")
+    logger.error(f"{job.label or job.run_dir.name}: failed: {message}")
     return summary
 
 
-MAX_WORKERS = 256  # worker processes on one machine; more is a typo, not a plan
-
-
-def make_executor(
-    name: str,
-    options: DataOptions,
-    *,
-    devices: list[int] | None = None,
-    runs_per_device: int | None = None,
-    address: str | None = None,
-    device: str | None = None,
-    slurm: SlurmOptions | None = None,
-) -> Executor:
-    if name == "ray":
-        from hpstudy.executors.ray import RayExecutor
-
-        return RayExecutor(options, address=address, device=device)
-    if name == "slurm":
-        from hpstudy.executors.slurm import SlurmExecutor
-
-        return SlurmExecutor(options, slurm or SlurmOptions(), device=device)
-    if name != "local":
-        raise HpstudyError(f"executor: must be local, ray or slurm (got {name!r})")
-    from hpstudy.executors.local import LocalExecutor
-
-    workers = local_workers(devices, runs_per_device, device)
-    if workers is None:
-        return LocalExecutor(options, device=device)
-    return LocalExecutor(options, workers=workers)
-
-
-def local_workers(
-    devices: list[int] | None, runs_per_device: int | None, device: str | None
-) -> list[str] | None:
-    """One device name per worker process (`None`: no workers, run in this process).
-
-    `--devices 0,0` or `--runs-per-device 2` put two workers on one GPU; without a GPU
-    (or with `--device cpu`) the same options start CPU workers that share the cores.
-    Without either, the `auto` table's runs per device for the device type decides.
-    """
-    import torch
-
-    from hpstudy.defaults import auto_row
-    from hpstudy.run import resolve_device
-
-    if runs_per_device is not None and not 1 <= runs_per_device <= MAX_WORKERS:
-        raise HpstudyError(f"--runs-per-device: must be 1..{MAX_WORKERS} (got {runs_per_device})")
-    if devices is not None:
-        if not devices:
-            raise HpstudyError("--devices: give at least one GPU index, like 0 or 0,1")
-        if bad := [i for i in devices if i < 0]:
-            raise HpstudyError(f"--devices: GPU indices are >= 0 (got {bad[0]})")
-        count = len(devices) * (runs_per_device or 1)
-        if count > MAX_WORKERS:
-            raise HpstudyError(f"--devices: {count} workers asked for, at most {MAX_WORKERS}")
-        on_cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
-        if on_cpu:
-            log(f"no CUDA GPU in use: --devices starts {count} CPU worker processes")
-            return ["cpu"] * count
-        if device not in (None, "auto") and not device.startswith("cuda"):
-            raise HpstudyError(f"--devices with --device {device}: use cuda, cpu or auto")
-        names = [str(resolve_device(f"cuda:{i}")) for i in devices]
-        # round-robin: the first runs spread over the GPUs before any GPU gets a second
-        return names * (runs_per_device or 1)
-    where = resolve_device(device or "auto")
-    per_device = runs_per_device or auto_row(where.type).runs_per_device
-    return None if per_device == 1 else [str(where)] * per_device
+__all__ = [
+    "EXECUTOR_GROUP",
+    "DataOptions",
+    "Executor",
+    "ExecutorBase",
+    "Job",
+    "OptionGroup",
+    "describe",
+    "executor_class",
+    "executor_names",
+    "first_line",
+    "make_executor",
+    "open_executor",
+    "record_failure",
+    "register_executor",
+    "run_job",
+]

@@ -9,21 +9,26 @@ memory) fails its own run and no other: the others go on, and the next
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import wait
 from typing import Any, TypeVar
 
-from hpstudy.executors import DataOptions, Job, record_failure, run_job
-from hpstudy.progress import use_plain_lines
-from hpstudy.run import RunDir, resolve_device
+from hpstudy.errors import HpstudyError
+from hpstudy.executors import DataOptions, ExecutorBase, Job, OptionGroup, record_failure, run_job
+from hpstudy.progress import log_in_worker, worker_log_level
 
 T = TypeVar("T")
+MAX_WORKERS = 256  # worker processes on one machine; more is a typo, not a plan
+logger = logging.getLogger(__name__)
 
 
-def worker_main(job: Job, options: DataOptions, device: str, threads: int) -> None:
-    use_plain_lines()  # workers share the terminal: no live display of their own
+def worker_main(
+    job: Job, options: DataOptions, device: str, threads: int, log_level: int | None = None
+) -> None:
+    log_in_worker(log_level)  # workers share the terminal: plain lines, no live display
     if device == "cpu" or device.startswith("cpu"):
         import torch
 
@@ -31,23 +36,55 @@ def worker_main(job: Job, options: DataOptions, device: str, threads: int) -> No
     run_job(job, options, device=device)
 
 
-class LocalExecutor:
+class LocalExecutor(ExecutorBase):
     """`workers=None`: sequential, here. `workers=["cuda:0", "cuda:0", "cuda:1"]`: a process
     per job, as many at once as there are workers, each on its worker's device."""
+
+    summary = "this machine"
 
     def __init__(
         self, options: DataOptions, workers: list[str] | None = None, device: str | None = None
     ) -> None:
-        self.options = options
+        super().__init__(options, device=device)
         self.workers = workers
-        self.device = device
         self.in_process = workers is None
 
-    def device_type(self) -> str:
-        return resolve_device(self.workers[0] if self.workers else self.device or "auto").type
+    @classmethod
+    def add_options(cls, group: OptionGroup) -> None:
+        group.add_argument(
+            "--devices",
+            default=None,
+            help="comma-separated GPU indices, one worker each; repeat an index (0,0) to "
+            "share a GPU; without a GPU, that many CPU workers",
+        )
+        group.add_argument(
+            "--runs-per-device",
+            type=int,
+            default=None,
+            metavar="N",
+            help="N worker processes per device (default: the auto table's, 1)",
+        )
 
-    def close(self) -> None:
-        pass  # worker processes live only as long as their job
+    @classmethod
+    def from_options(
+        cls, options: DataOptions, device: str | None, values: dict[str, Any]
+    ) -> LocalExecutor:
+        """`devices` as the command line gives it ("0,1") or as a list of indices."""
+        unknown = set(values) - {"devices", "runs_per_device"}
+        if unknown:
+            raise HpstudyError(f"local executor: unknown option(s) {', '.join(sorted(unknown))}")
+        devices = values.get("devices")
+        if isinstance(devices, str):
+            devices = parse_devices(devices) if devices else None
+        workers = local_workers(devices, values.get("runs_per_device"), device)
+        if workers is None:
+            return cls(options, device=device)
+        return cls(options, workers=workers)
+
+    def device_type(self) -> str:
+        from hpstudy.run import resolve_device
+
+        return resolve_device(self.workers[0] if self.workers else self.device or "auto").type
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args, self.workers[0] if self.workers else self.device)
@@ -61,6 +98,7 @@ class LocalExecutor:
         ctx = multiprocessing.get_context("spawn")
         cpu_workers = sum(1 for w in self.workers if w.startswith("cpu"))
         threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        level = worker_log_level()
         free = list(self.workers)
         # the next job is pulled only when a worker is free: its maker may wait on results
         pending = iter(jobs)
@@ -69,7 +107,7 @@ class LocalExecutor:
             while True:
                 while free and (job := next(pending, None)) is not None:
                     device = free.pop(0)
-                    args = (job, self.options, device, threads)
+                    args = (job, self.options, device, threads, level)
                     process = ctx.Process(target=worker_main, args=args, daemon=True)
                     process.start()
                     running[process.sentinel] = (process, job, device)
@@ -79,9 +117,60 @@ class LocalExecutor:
                     process, job, device = running.pop(sentinel)
                     process.join()
                     free.append(device)
-                    if process.exitcode != 0 and not RunDir(job.run_dir).status().done:
+                    if process.exitcode != 0 and not job_done(job):
                         record_failure(job, f"worker process died (exit code {process.exitcode})")
         finally:
             for process, _, _ in running.values():  # interrupted: stop the others too
                 process.terminate()
                 process.join()
+
+
+def job_done(job: Job) -> bool:
+    from hpstudy.run import RunDir
+
+    return RunDir(job.run_dir).status().done
+
+
+def parse_devices(text: str) -> list[int]:
+    try:
+        return [int(d) for d in text.split(",")]
+    except ValueError:  # int() also refuses "" (0,,1) and huge text
+        raise HpstudyError(f"--devices: expected GPU indices like 0,1 (got {text!r})") from None
+
+
+def local_workers(
+    devices: list[int] | None, runs_per_device: int | None, device: str | None
+) -> list[str] | None:
+    """One device name per worker process (`None`: no workers, run in this process).
+
+    `--devices 0,0` or `--runs-per-device 2` put two workers on one GPU; without a GPU
+    (or with `--device cpu`) the same options start CPU workers that share the cores.
+    Without either, the `auto` table's runs per device for the device type decides.
+    """
+    import torch
+
+    from hpstudy.defaults import auto_row
+    from hpstudy.run import resolve_device
+
+    if runs_per_device is not None and not 1 <= runs_per_device <= MAX_WORKERS:
+        raise HpstudyError(f"--runs-per-device: must be 1..{MAX_WORKERS} (got {runs_per_device})")
+    if devices is not None:
+        if not devices:
+            raise HpstudyError("--devices: give at least one GPU index, like 0 or 0,1")
+        if bad := [i for i in devices if i < 0]:
+            raise HpstudyError(f"--devices: GPU indices are >= 0 (got {bad[0]})")
+        count = len(devices) * (runs_per_device or 1)
+        if count > MAX_WORKERS:
+            raise HpstudyError(f"--devices: {count} workers asked for, at most {MAX_WORKERS}")
+        on_cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
+        if on_cpu:
+            logger.info(f"no CUDA GPU in use: --devices starts {count} CPU worker processes")
+            return ["cpu"] * count
+        if device not in (None, "auto") and not device.startswith("cuda"):
+            raise HpstudyError(f"--devices with --device {device}: use cuda, cpu or auto")
+        names = [str(resolve_device(f"cuda:{i}")) for i in devices]
+        # round-robin: the first runs spread over the GPUs before any GPU gets a second
+        return names * (runs_per_device or 1)
+    where = resolve_device(device or "auto")
+    per_device = runs_per_device or auto_row(where.type).runs_per_device
+    return None if per_device == 1 else [str(where)] * per_device

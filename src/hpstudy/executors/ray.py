@@ -10,30 +10,50 @@ as a task with the same resources, so the driver needs neither the data nor a GP
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Job, describe, first_line, record_failure, run_job
-from hpstudy.progress import log
-from hpstudy.run import Summary
+from hpstudy.executors import (
+    DataOptions,
+    ExecutorBase,
+    Job,
+    OptionGroup,
+    describe,
+    first_line,
+    record_failure,
+    run_job,
+)
+from hpstudy.progress import log_in_worker, worker_log_level
+
+if TYPE_CHECKING:
+    from hpstudy.run import Summary
 
 T = TypeVar("T")
-Task = Callable[[Job, DataOptions, str | None], Summary]
+Task = Callable[[Job, DataOptions, "str | None"], "Summary"]
+logger = logging.getLogger(__name__)
 
 
 def run_task(
-    task: Task, job: Job, options: DataOptions, device: str | None, threads: int
+    task: Task,
+    job: Job,
+    options: DataOptions,
+    device: str | None,
+    threads: int,
+    log_level: int | None = None,
 ) -> Summary:
-    return call_task(task, threads, job, options, device)
+    return call_task(task, threads, log_level, job, options, device)
 
 
-def call_task(fn: Callable[..., T], threads: int, *args: Any) -> T:
+def call_task(fn: Callable[..., T], threads: int, log_level: int | None, *args: Any) -> T:
     import torch
 
+    # Ray forwards a worker's stderr to the driver: its lines show as the driver's would
+    log_in_worker(log_level)
     # torch sizes its thread pool once per worker process, to the whole node;
     # a run must use only the CPUs Ray granted it, or parallel runs oversubscribe
     torch.set_num_threads(threads)
@@ -45,12 +65,14 @@ def absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
-class RayExecutor:
+class RayExecutor(ExecutorBase):
     """`address=None` starts a local Ray (shut down with this executor); "auto" or
     HOST:PORT joins a running cluster. A Ray this process already holds is used as is.
 
     `task` replaces `run_job` inside the Ray task (tests use it to kill a worker).
     """
+
+    summary = "a Ray cluster (pip install 'hpstudy[ray]')"
 
     def __init__(
         self,
@@ -76,6 +98,12 @@ class RayExecutor:
         self.max_retries = max_retries
         self.task = task
         self._close: weakref.finalize | None = None
+
+    @classmethod
+    def add_options(cls, group: OptionGroup) -> None:
+        group.add_argument(
+            "--address", default=None, help="the cluster's address (auto joins a running one)"
+        )
 
     def connect(self) -> None:
         import ray
@@ -110,14 +138,15 @@ class RayExecutor:
         return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args, device)` as one Ray task with a run's resources; its one-line errors
+        """`fn(*args, DEVICE)` as one Ray task with a run's resources; its one-line errors
         come back as they are."""
         import ray
 
         self.connect()
         resources = self.resources()
         remote = ray.remote(call_task).options(**resources, max_retries=self.max_retries)
-        ref = remote.remote(fn, max(1, int(resources["num_cpus"])), *args, self.device)
+        threads, level = max(1, int(resources["num_cpus"])), worker_log_level()
+        ref = remote.remote(fn, threads, level, *args, self.device)
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as err:
@@ -166,14 +195,16 @@ class RayExecutor:
         )
         threads = max(1, int(resources["num_cpus"]))
         slots = self.slots(resources)
+        level = worker_log_level()
         each = f"{resources['num_gpus']} GPU" if "num_gpus" in resources else f"{threads} CPU"
-        log(f"ray: up to {slots} runs at once, {each} each")
+        logger.info(f"ray: up to {slots} runs at once, {each} each")
         pending: dict[Any, Job] = {}
 
         def submit(job: Job) -> None:
             # workers on other nodes do not share this process's working directory
             job = dataclasses.replace(job, run_dir=absolute(job.run_dir))
-            pending[remote.remote(self.task, job, self.options, self.device, threads)] = job
+            ref = remote.remote(self.task, job, self.options, self.device, threads, level)
+            pending[ref] = job
 
         submit(first)
         done_count = 0
@@ -197,5 +228,5 @@ class RayExecutor:
                 message = f"ray task failed after {self.max_retries} retries: {first_line(err)}"
                 record_failure(job, message, str(err))
                 continue
-            log(f"ray: {done_count} done, {name}: {describe(summary)}")
+            logger.info(f"ray: {done_count} done, {name}: {describe(summary)}")
 

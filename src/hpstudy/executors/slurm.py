@@ -13,30 +13,61 @@ it); `cluster="debug"` runs them in this process.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import (
     DataOptions,
+    ExecutorBase,
     Job,
-    SlurmOptions,
+    OptionGroup,
     describe,
     first_line,
     record_failure,
     run_job,
 )
-from hpstudy.progress import log
-from hpstudy.run import Summary
+from hpstudy.progress import log_in_worker
+
+if TYPE_CHECKING:
+    from hpstudy.run import Summary
 
 T = TypeVar("T")
 CLUSTERS = ("slurm", "local", "debug")
 PARTITION = re.compile(r"[A-Za-z0-9_.,-]{1,100}")
 POLL_SECONDS = {"slurm": 15.0, "local": 0.5, "debug": 0.0}  # sacct is rate-limited on clusters
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """How `--executor slurm` submits: submitit's cluster (slurm, or local/debug on this
+    machine), the partition, GPUs and CPUs per job, the time limit, jobs in flight."""
+
+    cluster: str = "slurm"
+    partition: str | None = None
+    gpus_per_job: int | None = None  # None: 1 on slurm; local/debug: 1 if a GPU is visible
+    cpus_per_job: int | None = None  # None: slurm's default; threads follow what the job got
+    time_minutes: int = 24 * 60
+    max_parallel: int = 32
+    folder: Path | None = None  # submitit's logs; None: STUDY/slurm (see `open`)
+
+
+# --slurm-X option dest -> SlurmOptions field
+OPTION_FIELDS = {
+    "slurm_cluster": "cluster",
+    "slurm_partition": "partition",
+    "slurm_gpus_per_job": "gpus_per_job",
+    "slurm_cpus_per_job": "cpus_per_job",
+    "slurm_time": "time_minutes",
+    "slurm_max_parallel": "max_parallel",
+}
 
 
 def job_threads(cpus_per_job: int | None) -> int:
@@ -52,30 +83,37 @@ class SlurmCall:
     """`fn(*args)` inside a job, on the job's share of the CPUs. Requeued as it is: the
     study's calls read finished runs only, so running one again gives the same answer."""
 
-    def __init__(self, fn: Callable[..., Any], cpus_per_job: int | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], cpus_per_job: int | None, log_level: int = logging.INFO
+    ) -> None:
         self.fn = fn
         self.cpus_per_job = cpus_per_job
+        # a job's log file holds its lines (epochs, resuming) whatever the driver shows
+        self.log_level = log_level
+        self.driver_pid = os.getpid()
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
+        if os.getpid() != self.driver_pid:  # the debug cluster calls it in the driver
+            log_in_worker(self.log_level)
         # torch sizes its thread pool to the whole node; a job owns only its CPUs
         torch.set_num_threads(job_threads(self.cpus_per_job))
-        return self.fn(*args)
+        return self.fn(*args, **kwargs)
 
-    def checkpoint(self, *args: Any) -> Any:
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit calls this on preemption or at the time limit: requeue the same call."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(self, *args)
+        return DelayedSubmission(self, *args, **kwargs)
 
 
 class SlurmRun(SlurmCall):
     """One run as a job; requeued after preemption, it resumes from the run folder's
     checkpoint (train always does), so nothing but the epoch in progress is lost."""
 
-    def __init__(self, cpus_per_job: int | None) -> None:
-        super().__init__(run_job, cpus_per_job)
+    def __init__(self, cpus_per_job: int | None, log_level: int = logging.INFO) -> None:
+        super().__init__(run_job, cpus_per_job, log_level)
 
 
 def check_options(o: SlurmOptions) -> None:
@@ -96,9 +134,12 @@ def check_options(o: SlurmOptions) -> None:
             raise HpstudyError(f"{flag}: must be {low}..{high} (got {value})")
 
 
-class SlurmExecutor:
+class SlurmExecutor(ExecutorBase):
     """Submits each run as one job, at most `max_parallel` queued or running at once,
-    and the next only when one ends. Job logs go to `options.folder` (STUDY/slurm)."""
+    and the next only when one ends. Job logs go to `options.folder`, else to the study
+    folder's slurm/ (given by `open`), else to ./slurm."""
+
+    summary = "one SLURM job per run (pip install 'hpstudy[slurm]')"
 
     def __init__(
         self, data: DataOptions, options: SlurmOptions, *, device: str | None = None
@@ -130,6 +171,64 @@ class SlurmExecutor:
         self.folder = Path(os.path.abspath(options.folder or Path("slurm")))
         self._executor: Any = None
 
+    @classmethod
+    def add_options(cls, group: OptionGroup) -> None:
+        group.add_argument(
+            "--slurm-cluster",
+            choices=CLUSTERS,
+            default="slurm",
+            help="submitit's cluster; local runs the jobs as processes here, debug in this "
+            "process (default: slurm)",
+        )
+        group.add_argument("--slurm-partition", default=None, metavar="NAME", help="the partition")
+        group.add_argument(
+            "--slurm-gpus-per-job",
+            type=int,
+            default=None,
+            metavar="N",
+            help="GPUs per run (default: 1; local/debug: 1 if a GPU is visible)",
+        )
+        group.add_argument(
+            "--slurm-cpus-per-job",
+            type=int,
+            default=None,
+            metavar="N",
+            help="CPUs per run (default: the cluster's)",
+        )
+        group.add_argument(
+            "--slurm-time",
+            type=int,
+            default=None,
+            metavar="MINUTES",
+            help="time limit per job; a job that hits it is requeued and resumes from its "
+            "checkpoint (default: 1440)",
+        )
+        group.add_argument(
+            "--slurm-max-parallel",
+            type=int,
+            default=None,
+            metavar="N",
+            help="jobs queued or running at once (default: 32)",
+        )
+
+    @classmethod
+    def from_options(
+        cls, options: DataOptions, device: str | None, values: dict[str, Any]
+    ) -> SlurmExecutor:
+        """`values` by the options' dests (slurm_time=30), or `slurm=SlurmOptions(...)`."""
+        given = dict(values)
+        slurm = given.pop("slurm", None) or SlurmOptions()
+        unknown = set(given) - set(OPTION_FIELDS)
+        if unknown:
+            raise HpstudyError(f"slurm executor: unknown option(s) {', '.join(sorted(unknown))}")
+        fields = {OPTION_FIELDS[k]: v for k, v in given.items() if v is not None}
+        return cls(options, dataclasses.replace(slurm, **fields), device=device)
+
+    def open(self, study_dir: Path) -> None:
+        """Job logs in the study folder (shared storage), unless a folder was given."""
+        if self.options.folder is None and self._executor is None:
+            self.folder = Path(os.path.abspath(Path(study_dir) / "slurm"))
+
     def executor(self) -> Any:
         if self._executor is None:
             import submitit
@@ -157,19 +256,17 @@ class SlurmExecutor:
     def device_type(self) -> str:
         return "cuda" if self.device == "cuda" else "cpu"
 
-    def close(self) -> None:
-        pass  # a job ends with its run; nothing is left to stop
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return self.executor().submit(fn, *args)
+            return self.executor().submit(fn, *args, **kwargs)
         except Exception as err:  # sbatch refused: a bad partition, no allocation left
             raise HpstudyError(f"slurm: cannot submit a job ({first_line(err)})") from None
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args, device)` as one job with a run's resources; its one-line errors come
+        """`fn(*args, DEVICE)` as one job with a run's resources; its one-line errors come
         back as they are."""
-        job = self.submit(SlurmCall(fn, self.options.cpus_per_job), *args, self.device)
+        call = SlurmCall(fn, self.options.cpus_per_job)
+        job = self.submit(call, *args, self.device)
         try:
             return job.result()
         except Exception as err:
@@ -189,7 +286,7 @@ class SlurmExecutor:
                 # jobs start on other nodes, in other working directories
                 job = dataclasses.replace(job, run_dir=Path(os.path.abspath(job.run_dir)))
                 submitted = self.submit(task, job, self.data, self.device)
-                log(f"slurm: job {submitted.job_id}: {job.label or job.run_dir.name}")
+                logger.info(f"slurm: job {submitted.job_id}: {job.label or job.run_dir.name}")
                 running.append((submitted, job))
             if not running:
                 return
@@ -206,7 +303,7 @@ class SlurmExecutor:
                 except Exception as err:  # the job died for good (killed, out of requeues)
                     record_failure(job, job_error(submitted, err))
                     continue
-                log(f"slurm: {done} done, {name}: {describe(summary)}")
+                logger.info(f"slurm: {done} done, {name}: {describe(summary)}")
 
 
 def default_gpus(cluster: str) -> int:

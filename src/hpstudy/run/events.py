@@ -1,19 +1,25 @@
 """Live logs: each finished epoch's metrics as TensorBoard event files in the run folder.
 
-`tensorboard --logdir STUDY_DIR` then shows every run of a study while it trains.
-TensorBoard is an optional extra (`pip install 'hpstudy[tensorboard]'`); without it,
-the process says once that logging is off and training goes on.
+The run hook "tensorboard" (a default of every run). `tensorboard --logdir STUDY_DIR`
+then shows every run of a study while it trains. TensorBoard is an optional extra
+(`pip install 'hpstudy[tensorboard]'`); without it, the process says once that logging
+is off and training goes on.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-
-from hpstudy.progress import log
 from hpstudy.run.folder import MetricRow
+from hpstudy.run.hooks import RunHook
+
+if TYPE_CHECKING:
+    from hpstudy.config import RunConfig
+    from hpstudy.run.folder import Summary
+
+logger = logging.getLogger(__name__)
 
 # metrics.csv column -> TensorBoard tag; val/* are the selected weights' (the EMA's when on)
 TAGS = {
@@ -40,7 +46,7 @@ def summary_writer_class() -> Any:
     except ImportError:
         if not _said_missing:
             _said_missing = True
-            log(f"[yellow]{escape(MISSING)}[/yellow]")
+            logger.warning(MISSING)
         return None
     return SummaryWriter
 
@@ -72,4 +78,28 @@ class EventLog:
             self.writer = None
 
 
-__all__ = ["MISSING", "TAGS", "EventLog", "summary_writer_class"]
+class TensorBoardHook(RunHook):
+    """"tensorboard": the run's epochs as event files in its folder. A resumed run purges
+    what an interrupted process logged after its last checkpoint; the checkpoint's epoch,
+    told again on resume, is not written twice."""
+
+    def __init__(self) -> None:
+        self.events: EventLog | None = None
+        self.start_epoch = 0
+
+    def on_start(self, config: RunConfig, run_dir: Path, start_epoch: int) -> None:
+        self.events = EventLog(Path(run_dir), start_epoch)
+        self.start_epoch = start_epoch
+
+    def on_epoch(self, epoch: int, row: MetricRow) -> bool:
+        if self.events is not None and epoch > self.start_epoch:
+            self.events.write(row)
+        return False
+
+    def on_end(self, summary: Summary | None) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+
+
+__all__ = ["MISSING", "TAGS", "EventLog", "TensorBoardHook", "summary_writer_class"]

@@ -145,7 +145,7 @@ class RunDir:
         """export.json as `hpstudy export` wrote it; None before an export."""
         if not self.export_path.is_file():
             return None
-        found = read_json(self.export_path)
+        found = read_json(self.export_path, "export")
         if not isinstance(found, dict):
             raise HpstudyError(f"{self.export_path}: not an hpstudy export (not a JSON object)")
         return found
@@ -165,7 +165,7 @@ class RunDir:
     # ------------------------------------------------------------ config
 
     def read_config(self) -> RunConfig:
-        return read_model(self.config_path, RunConfig)
+        return read_model(self.config_path, RunConfig, "config")
 
     def check(self, config: RunConfig) -> None:
         """Refuse, writing nothing, a folder that cannot hold this config's run: a file, one
@@ -215,7 +215,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise HpstudyError(f"{self.path}: cannot create ({err.strerror or err})") from None
-        write_json(self.config_path, config.model_dump())
+        write_json(self.config_path, config.model_dump(), "config")
 
     # ------------------------------------------------------------ metrics
 
@@ -311,10 +311,12 @@ class RunDir:
     # ------------------------------------------------------------ outcome
 
     def read_summary(self) -> Summary | None:
-        return read_model(self.summary_path, Summary) if self.summary_path.exists() else None
+        if not self.summary_path.exists():
+            return None
+        return read_model(self.summary_path, Summary, "summary")
 
     def write_summary(self, summary: Summary) -> None:
-        write_model(self.summary_path, summary)
+        write_model(self.summary_path, summary, "summary")
 
     def status(self) -> RunStatus:
         summary = self.read_summary()

@@ -16,9 +16,10 @@ validation metrics fill the val_* columns, the raw weights' sit beside them
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from hpstudy import __version__, augment, progress
+from hpstudy import __version__, augment
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.models import count_macs, count_parameters
-from hpstudy.progress import bar, log
+from hpstudy.progress import bar, style
 from hpstudy.run.device import Execution, build_model, device_name
 from hpstudy.run.device_data import DeviceData, device_data, load_data
 from hpstudy.run.evaluate import evaluate_arrays
-from hpstudy.run.events import EventLog
 from hpstudy.run.folder import MetricRow, RunDir, RunStatus, Summary, metric_columns
+from hpstudy.run.hooks import HookSpec, RunHook, default_hooks, resolve_hooks
+
+logger = logging.getLogger(__name__)
 
 
 def learning_rate(config: RunConfig, epoch: int, step: int = 0, steps: int = 1) -> float:
@@ -240,12 +243,8 @@ def resume(run: RunDir, trainer: Trainer, config: RunConfig) -> tuple[list[Metri
         raise HpstudyError(
             f"{run.checkpoint_path}: records epoch {start} of a {config.epochs}-epoch run"
         )
-    log(f"[dim]{run.name}: resuming after epoch {start}/{config.epochs}[/dim]")
+    logger.info(f"{run.name}: resuming after epoch {start}/{config.epochs}", **style("dim"))
     return rows, start
-
-
-# called after each epoch with its number and row; True stops the run as pruned
-EpochHook = Callable[[int, MetricRow], bool]
 
 
 def train(
@@ -255,16 +254,17 @@ def train(
     root: str | Path | None = None,
     verify: bool = True,
     show_progress: bool | None = None,
-    on_epoch: EpochHook | None = None,
+    hooks: Sequence[RunHook | HookSpec] | None = None,
     label: str | None = None,
 ) -> Summary:
     """Train `config` in `run_dir`, resuming from its checkpoint; returns its Summary.
 
-    `on_epoch(epoch, row)` runs after every epoch, before its checkpoint (and again for
-    the checkpoint's epoch on resume, so a kill between the two loses no decision); when
-    it returns True before the last epoch the run stops, recorded as pruned. `label` names
-    the run in its epoch lines (a study's `stage 2 schedule=cosine seed 0`); without one,
-    the run folder's name does."""
+    `hooks` (hpstudy.run.hooks) hear of the run's start, each epoch and its end, in order;
+    None: the defaults, TensorBoard event files and one line per epoch. Their `on_epoch`
+    runs after every epoch, before its checkpoint (and again for the checkpoint's epoch on
+    resume, so a kill between the two loses no decision); when one returns True before the
+    last epoch the run stops, recorded as pruned. `label` names the run in its lines (a
+    study's `stage 2 schedule=cosine seed 0`); without one, the run folder's name does."""
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     run = RunDir(run_dir)
@@ -273,22 +273,33 @@ def train(
     if summary is not None and summary.status.done:
         return summary
 
+    label = label or run.name
+    # before the data: a hook that cannot be built fails the run before anything is written
+    listeners = resolve_hooks(default_hooks(label) if hooks is None else hooks)
     d = device_data(load_data(root, verify, config.dataset), config, ex.device)
     trainer = Trainer.create(config, ex)
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows, ema=trainer.ema is not None)
-    label = label or run.name
-    progress.run_started(label)
-    if on_epoch is not None and 0 < start_epoch < config.epochs and on_epoch(start_epoch, rows[-1]):
-        return pruned(run, trainer, rows, start_epoch)
-    events = EventLog(run.path, start_epoch)
+    summary = None
     try:
-        return train_epochs(
-            run, trainer, d, rows, start_epoch, events, show_progress, on_epoch, label
-        )
+        for hook in listeners:
+            hook.on_start(config, run.path, start_epoch)
+        if 0 < start_epoch < config.epochs and told_to_stop(listeners, start_epoch, rows[-1]):
+            summary = pruned(run, trainer, rows, start_epoch)
+        else:
+            summary = train_epochs(
+                run, trainer, d, rows, start_epoch, show_progress, listeners, label
+            )
+        return summary
     finally:
-        events.close()
+        for hook in listeners:
+            hook.on_end(summary)
+
+
+def told_to_stop(hooks: Sequence[RunHook], epoch: int, row: MetricRow) -> bool:
+    """Every hook hears of the epoch (none is skipped because an earlier one said stop)."""
+    return any([hook.on_epoch(epoch, row) for hook in hooks])
 
 
 def train_epochs(
@@ -297,9 +308,8 @@ def train_epochs(
     d: DeviceData,
     rows: list[MetricRow],
     start_epoch: int,
-    events: EventLog,
     show_progress: bool | None,
-    on_epoch: EpochHook | None = None,
+    hooks: Sequence[RunHook] = (),
     label: str = "",
 ) -> Summary:
     """The epochs from `start_epoch` on: train, validate, checkpoint, log; the run's Summary."""
@@ -312,11 +322,11 @@ def train_epochs(
         ex.sync()
         train_seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and math.isfinite(train_acc)):
-            log(f"[red]{label}: loss is {train_loss} at epoch {epoch + 1}: diverged[/red]")
+            logger.error(f"{label}: loss is {train_loss} at epoch {epoch + 1}: diverged")
             return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         val = trainer.evaluate(d)
         if not (math.isfinite(val["loss"]) and math.isfinite(val["top1"])):
-            log(f"[red]{label}: val loss is {val['loss']} at epoch {epoch + 1}: diverged[/red]")
+            logger.error(f"{label}: val loss is {val['loss']} at epoch {epoch + 1}: diverged")
             return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         row = {
             "epoch": epoch + 1,
@@ -335,7 +345,7 @@ def train_epochs(
             row |= {"raw_val_top5": raw["top5"]}
             row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-        stop = on_epoch is not None and on_epoch(epoch + 1, row) and epoch + 1 < config.epochs
+        stop = told_to_stop(hooks, epoch + 1, row) and epoch + 1 < config.epochs
         run.save_checkpoint(
             {
                 **trainer.state(),
@@ -347,8 +357,6 @@ def train_epochs(
             }
         )
         run.write_metrics(rows)
-        events.write(row)
-        progress.epoch_finished(epoch_line(label, row, config.epochs), row["seconds"])
         if stop:
             return pruned(run, trainer, rows, epoch + 1)
     if val is None:  # resumed after its final epoch: the same weights give the same outcomes
@@ -357,26 +365,14 @@ def train_epochs(
     return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
 
 
-def epoch_line(label: str, row: MetricRow, epochs: int) -> str:
-    """`stage 2 schedule=cosine seed 0 · epoch 3/30 · train loss 2.41 acc 0.38 · val loss 2.50
-    acc 0.36 · 412 img/s`: what an epoch leaves behind, every number labelled."""
-    return (
-        f"{label} · epoch {int(row['epoch'])}/{epochs} · lr {row['lr']:.4g} · "
-        f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} · "
-        f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} · "
-        f"{row['images_per_s']:.0f} img/s · {row['seconds']:.1f} s"
-    )
-
-
 def pruned(run: RunDir, trainer: Trainer, rows: list[MetricRow], epoch: int) -> Summary:
-    log(f"{run.name}: pruned after epoch {epoch}/{trainer.config.epochs}")
+    logger.info(f"{run.name}: pruned after epoch {epoch}/{trainer.config.epochs}")
     return finish(run, trainer, rows, RunStatus.PRUNED, epoch)
 
 
 def finish(
     run: RunDir, trainer: Trainer, rows: list[MetricRow], status: RunStatus, epochs_done: int
 ) -> Summary:
-    progress.run_finished()
     ex = trainer.ex
     summary = Summary(
         status=status,

@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from hpstudy.config import RunConfig
-from hpstudy.run import MetricRow, RunDir, RunStatus, Summary
 from hpstudy.errors import HpstudyError
+from hpstudy.run import MetricRow, RunDir, RunStatus, Summary
 from hpstudy.study.compare import reproduction_interval
 from hpstudy.study.kinds import StageKind, find_kind
 from hpstudy.study.select import summarise
@@ -464,8 +464,9 @@ def explained_stages(stages: list[StageState]) -> dict[int, Explainer]:
     only values stages have one field's values)."""
     chosen: dict[int, Explainer] = {}
     for explainer in EXPLAINERS:
-        k = next((k for k, s in enumerate(stages) if stage_kind(s).one_field and explainer.applies(s)),
-                 None)  # fmt: skip
+        fitting = (k for k, s in enumerate(stages)
+                   if stage_kind(s).one_field and explainer.applies(s))  # fmt: skip
+        k = next(fitting, None)
         if k is not None:
             chosen[k] = explainer
     return chosen

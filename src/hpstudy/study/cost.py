@@ -146,7 +146,7 @@ def speed_key(config: RunConfig, ex: Execution) -> str:
 def read_cache(path: Path) -> dict[str, dict[str, float]]:
     """The cache, or nothing where it is missing or unreadable: a cache is never an error."""
     try:
-        cached = read_json(path) if path.is_file() else {}
+        cached = read_json(path, "speed") if path.is_file() else {}
     except (HpstudyError, OSError):
         return {}
     return cached if isinstance(cached, dict) else {}
@@ -219,7 +219,7 @@ def store(path: Path, key: str, speed: Speed) -> None:
     entry = {k: v for k, v in asdict(speed).items() if k != "measured_now"}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {**read_cache(path), key: entry})
+        write_json(path, {**read_cache(path), key: entry}, "speed")
     except (HpstudyError, OSError):
         pass
 

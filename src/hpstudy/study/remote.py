@@ -9,17 +9,17 @@ device the executor gives it.
 
 from __future__ import annotations
 
+import logging
 import platform
 from typing import Any
-
-from rich.markup import escape
 
 from hpstudy import __version__, data
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
-from hpstudy.progress import log
 from hpstudy.run import RunDir, evaluate, image_outcomes, load_data
 from hpstudy.study.select import SeedOutcomes
+
+logger = logging.getLogger(__name__)
 
 
 def data_summary(
@@ -44,7 +44,7 @@ def export_final(run_dir: str, options: DataOptions, device: str | None) -> None
     try:
         export_run(run_dir, root=options.root, verify=options.verify)
     except HpstudyError as err:
-        log(f"[yellow]final model not exported: {escape(str(err))}[/yellow]")
+        logger.warning(f"final model not exported: {err}")
 
 
 def environment(device: str | None) -> dict[str, str]:

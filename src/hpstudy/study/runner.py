@@ -10,15 +10,14 @@ starts, refuses a folder the study may not use, and hands the rest to a
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import DataOptions, Executor, SlurmOptions, make_executor
-from hpstudy.progress import log
+from hpstudy.executors import DataOptions, Executor, make_executor
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.session import StudySession, already_done
 from hpstudy.study.spec import StudyConfig, study_from, validate_study
@@ -28,6 +27,7 @@ from hpstudy.study.status import status_text, watch_status
 FOLLOW = ("own", "published")
 MAX_SEEDS = 1000  # --seeds N and --until-decided N: a study of runs, not of a lifetime
 EXECUTOR_METHODS = ("device_type", "run", "call", "close")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,17 +125,14 @@ def data_options(
 
 
 def executor_for(
-    executor: str | Executor, options: DataOptions, folder: StudyFolder, **named: Any
+    executor: str | Executor, options: DataOptions, device: str | None, named: dict[str, Any]
 ) -> tuple[Executor, bool]:
     """The executor to run on, and whether this study made it (and so closes it): a name
-    is built with the options `named` gives; an object with the Executor protocol is used
-    as it is, and stays open."""
+    is built by the executor registry with its own options `named` (local: devices,
+    runs_per_device; ray: address; slurm: slurm=SlurmOptions or slurm_time, ...); an
+    object with the Executor protocol is used as it is, and stays open."""
     if isinstance(executor, str):
-        slurm = named.pop("slurm")
-        if executor == "slurm":  # submitit's job logs live in the study folder
-            slurm = slurm or SlurmOptions()
-            slurm = dataclasses.replace(slurm, folder=slurm.folder or folder.path / "slurm")
-        return make_executor(executor, options, slurm=slurm, **named), True
+        return make_executor(executor, options, device=device, **named), True
     missing = [m for m in EXECUTOR_METHODS if not callable(getattr(executor, m, None))]
     if missing or not hasattr(executor, "in_process"):
         lacks = ", ".join(missing) or "in_process"
@@ -147,6 +144,11 @@ def executor_for(
         raise HpstudyError(
             f"executor: {', '.join(given)} configure a named executor, not the "
             f"{type(executor).__name__} given"
+        )
+    if device is not None:
+        raise HpstudyError(
+            f"executor: device= configures a named executor; the {type(executor).__name__} "
+            "given has its own"
         )
     return executor, False
 
@@ -164,11 +166,8 @@ def run(
     split_follows_seed: bool | None = None,
     root: str | None = None,
     verify: bool | None = None,
-    devices: list[int] | None = None,
-    address: str | None = None,
     device: str | None = None,
-    runs_per_device: int | None = None,
-    slurm: SlurmOptions | None = None,
+    **executor_options: Any,
 ) -> StudyResult:
     """Run (or resume) a study; returns its result. Writes the report at the end.
 
@@ -176,8 +175,10 @@ def run(
     train); `until_decided` gives an undecided stage one more seed at a time, up to that
     many, before the next starts; `follow="published"` starts each stage from the
     published winners before it; `split_follows_seed` draws each run's split from its
-    seed (part of the identity). `devices`, `runs_per_device`, `address`, `device` and
-    `slurm` configure an executor given by name."""
+    seed (part of the identity). `device` and `executor_options` configure an executor
+    given by name (local: devices, runs_per_device; ray: address; slurm: slurm=
+    SlurmOptions(...) or slurm_time=..., as its command-line options' dests); the study
+    opens it on its folder (`Executor.open`, where it has one) and closes it at the end."""
     # the report is the step after the study: imported here so that importing
     # hpstudy.report never has to import the runner first
     from hpstudy.report import write_report
@@ -199,22 +200,17 @@ def run(
     record = StudyRecord.of(config, budget)
     folder.check(record)  # a folder it may not use is refused before anything starts
     if done := already_done(folder, config, follow, until_decided):
-        log(f"{folder.path}: study {config.name} ({budget}) already finished; nothing to do")
-        log(report_line(folder))
+        logger.info(
+            f"{folder.path}: study {config.name} ({budget}) already finished; nothing to do"
+        )
+        logger.info(report_line(folder))
         return StudyResult(done, folder.path, folder.report_path)
 
     options = data_options(data, root, verify)
-    runner, owned = executor_for(
-        executor,
-        options,
-        folder,
-        devices=devices,
-        runs_per_device=runs_per_device,
-        address=address,
-        device=device,
-        slurm=slurm,
-    )
+    runner, owned = executor_for(executor, options, device, executor_options)
     try:
+        if callable(opened := getattr(runner, "open", None)):
+            opened(folder.path)  # where it keeps files of its own (slurm: its job logs)
         session = StudySession(config, budget, folder, runner, options, follow, until_decided)
         state = session.run(record, write_report)
     finally:
@@ -222,13 +218,13 @@ def run(
             runner.close()
 
     result = StudyResult(state, folder.path, folder.report_path)
-    log(result.summary())
+    logger.info(result.summary())
     if failed := state.failed_runs():
-        log(
+        logger.warning(
             f"{len(failed)} run(s) failed (the report lists why); run the same command again "
             "to retry them"
         )
-    log(report_line(folder))
+    logger.info(report_line(folder))
     return result
 
 

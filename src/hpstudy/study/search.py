@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpstudy.errors import HpstudyError
-from hpstudy.executors import Job, TrialRef
+from hpstudy.executors import Job
 from hpstudy.run import MetricRow, RunDir, RunStatus
+from hpstudy.run.hooks import HookSpec, RunHook, default_hooks
 from hpstudy.study.kinds import label_of
 from hpstudy.study.kinds.optuna import OptunaStage
 from hpstudy.study.kinds.space import Distribution, corners, draw_random
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from hpstudy.study.plan import Plan
 
 JOURNAL_FOLDER = "optuna"
+# where workers find the trial reporter (a run hook named by reference: no registration)
+OPTUNA_HOOK = "hpstudy.study.search:OptunaTrialHook"
 
 
 # ---------------------------------------------------------------- runs
@@ -61,7 +64,6 @@ def import_optuna() -> Any:
         import optuna
     except ImportError:
         raise HpstudyError("an optuna stage needs Optuna: pip install 'hpstudy[optuna]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
 
@@ -85,28 +87,47 @@ def direction(metric: str) -> str:
     return "maximize" if metric == "val_acc" else "minimize"
 
 
-def trial_reporter(ref: TrialRef) -> Callable[[int, MetricRow], bool]:
-    """The training loop's epoch hook for a trial's run: report the metric, ask the pruner."""
-    optuna = import_optuna()
-    storage = open_storage(ref.journal)
-    study = optuna.load_study(
-        study_name=ref.study_name, storage=storage, pruner=make_pruner(ref.pruner)
-    )
-    study_id = storage.get_study_id_from_name(ref.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, ref.number)
-    if storage.get_trial(trial_id).state != optuna.trial.TrialState.RUNNING:
-        # a told trial whose run folder vanished: the run trains again, the trial is settled
-        return lambda epoch, row: False
-    trial = optuna.trial.Trial(study, trial_id)
+class OptunaTrialHook(RunHook):
+    """The run hook of a trial's run, in its worker: after each epoch, report `metric` to
+    trial `number` of the study `study_name` in `journal` (a file every worker opens) and
+    stop the run when the pruner (`median`, `asha` or none) says so."""
 
-    def on_epoch(epoch: int, row: MetricRow) -> bool:
+    def __init__(
+        self, journal: str, study_name: str, number: int, metric: str, pruner: str | None
+    ) -> None:
+        self.journal, self.study_name, self.number = Path(journal), study_name, number
+        self.metric, self.pruner = metric, pruner
+        self.trial: Any = None
+
+    @classmethod
+    def spec(
+        cls, journal: Path, study_name: str, number: int, metric: str, pruner: str | None
+    ) -> HookSpec:
+        """The hook as plain data, to travel with the trial's job."""
+        args = {"journal": str(journal), "study_name": study_name, "number": number,
+                "metric": metric, "pruner": pruner}  # fmt: skip
+        return HookSpec(OPTUNA_HOOK, args)
+
+    def on_start(self, config: Any, run_dir: Path, start_epoch: int) -> None:
+        optuna = import_optuna()
+        storage = open_storage(self.journal)
+        study = optuna.load_study(
+            study_name=self.study_name, storage=storage, pruner=make_pruner(self.pruner)
+        )
+        study_id = storage.get_study_id_from_name(self.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
+        # a told trial whose run folder vanished: the run trains again, the trial is settled
+        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
+            self.trial = optuna.trial.Trial(study, trial_id)
+
+    def on_epoch(self, epoch: int, row: MetricRow) -> bool:
+        if self.trial is None:
+            return False
         with warnings.catch_warnings():
             # a resumed run reports its checkpoint's epoch again: Optuna keeps the first
             warnings.simplefilter("ignore")
-            trial.report(row[ref.metric], epoch)
-        return bool(trial.should_prune())
-
-    return on_epoch
+            self.trial.report(row[self.metric], epoch)
+        return bool(self.trial.should_prune())
 
 
 # ---------------------------------------------------------------- an optuna stage
@@ -193,13 +214,13 @@ class OptunaSearch:
             run_dir = self.folder.run_dir(run_hash)
             relative = run_dir.relative_to(self.folder.path).as_posix()
             entries.append(RunEntry(seed=seed, run_hash=run_hash, run_dir=relative, reused=reused))
-            trial = None
+            label = f"{self.stage.name} / trial {number} / seed {seed}"
+            hooks = default_hooks(label)
             if seed == self.plan.study.seeds[0]:
                 # absolute: a worker's working directory may be elsewhere
-                trial = TrialRef(self.journal.resolve(), self.study_name, number, self.metric,
-                                 self.stage.pruner)  # fmt: skip
-            label = f"{self.stage.name} / trial {number} / seed {seed}"
-            jobs.append(Job(config, run_dir, label, trial))
+                hooks += (OptunaTrialHook.spec(self.journal.resolve(), self.study_name, number,
+                                               self.metric, self.stage.pruner),)  # fmt: skip
+            jobs.append(Job(config, run_dir, label, hooks))
         self.trials[number] = Trial(number, dict(params), entries, jobs, told)
         return self.trials[number]
 
@@ -317,12 +338,13 @@ def load_stage_study(study_dir: Path, stage: StageState) -> Any:
 
 
 __all__ = [
+    "OPTUNA_HOOK",
     "OptunaSearch",
+    "OptunaTrialHook",
     "corners",
     "draw_random",
     "label_of",
     "load_stage_study",
     "needs_training",
     "open_storage",
-    "trial_reporter",
 ]

@@ -13,6 +13,7 @@ judged, written and, without a usable run, stops the study, in one place.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Executor, Job
-from hpstudy.progress import StudyDisplay, log, show_progress, study_display
+from hpstudy.progress import StudyDisplay, show_progress, study_display, style
 from hpstudy.run import RunDir, RunStatus
 from hpstudy.study import remote
 from hpstudy.study.compare import accuracy_interval
@@ -54,6 +55,7 @@ from hpstudy.study.state import (
 )
 from hpstudy.study.status import folder_progress
 
+logger = logging.getLogger(__name__)
 
 class StudySession:
     """`study` at `budget` in `folder`, its runs handed to `executor`, the data read as
@@ -143,7 +145,7 @@ class StudySession:
         )
         cheaper = budget_costs(self.plan, *sizes, speed)
         for line in cost_block(self.study.name, cost, cheaper, speed):
-            log(line)
+            logger.info(line)
         return cost
 
     # ------------------------------------------------------------ a stage
@@ -166,7 +168,7 @@ class StudySession:
             published = " (as published)" if same else f" (published: {published_label})"
         if carried != chosen.winner:
             published += f"; following the published study, {published_label} carries on"
-        log(f"stage {stage.name}: winner {label}{published} — {chosen.verdict}")
+        logger.info(f"stage {stage.name}: winner {label}{published} — {chosen.verdict}")
         return chosen
 
     def fixed_stage(self, k: int) -> StageState:
@@ -182,9 +184,10 @@ class StudySession:
             self.put(k, stage_state)
             self.save()
             runs = sum(len(s.runs) for s in stage_state.settings)
-            log(
-                f"[bold]stage {k + 1}/{len(self.study.stages)} {stage.name}[/bold]: "
-                f"{runs} runs, {len(jobs)} to train"
+            logger.info(
+                f"stage {k + 1}/{len(self.study.stages)} {stage.name}: {runs} runs, "
+                f"{len(jobs)} to train",
+                **style("bold"),
             )
             self.executor.run(jobs)
             self.count_remote_progress()
@@ -193,7 +196,7 @@ class StudySession:
             if chosen.decided or not grow:
                 break
             seeds.append(max(seeds) + 1)
-            log(f"stage {stage.name}: not decided; one more seed ({len(seeds)} seeds)")
+            logger.info(f"stage {stage.name}: not decided; one more seed ({len(seeds)} seeds)")
         self.seen |= seen_here
         return chosen
 
@@ -202,8 +205,10 @@ class StudySession:
         round until a round starts nothing; the state is written after each round."""
         stage = self.study.stages[k]
         search = stage.search(self.folder, self.plan, k, self.winners, self.seen)
-        log(f"[bold]stage {k + 1}/{len(self.study.stages)} {stage.name}[/bold]: "
-            f"{search.headline()}")  # fmt: skip
+        logger.info(
+            f"stage {k + 1}/{len(self.study.stages)} {stage.name}: {search.headline()}",
+            **style("bold"),
+        )
         self.put(k, search.stage_state())
         self.save()
         while True:

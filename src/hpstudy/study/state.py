@@ -1,10 +1,11 @@
 """The study folder's own files as typed records: study.json (which study) and state.json.
 
-state.json is the report's input. It is a StudyState: every key is required and
-typed, so a missing or renamed key is an error when it is read, never a silent
-"—" in a report. The run folders under `runs/` belong to `hpstudy.run`, the
-report's files to `hpstudy.report`. StudyFolder decides which folders a study
-may use (its own, or an empty one) and holds the one-writer lock.
+state.json is the report's input. It is a StudyState: every key is typed, so a
+renamed key is an error when it is read, never a silent "—" in a report; a file
+written before a key existed is upgraded first (hpstudy.files.MIGRATIONS). The
+run folders under `runs/` belong to `hpstudy.run`, the report's files to
+`hpstudy.report`. StudyFolder decides which folders a study may use (its own, or an
+empty one) and holds the one-writer lock.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class StudyFolder:
     def read_record(self) -> StudyRecord | None:
         if not self.record_path.exists():
             return None
-        return read_model(self.record_path, StudyRecord)
+        return read_model(self.record_path, StudyRecord, "study")
 
     def check(self, record: StudyRecord) -> None:
         """Refuse, writing nothing, a folder this study cannot use: a file, a folder under a
@@ -290,7 +291,7 @@ class StudyFolder:
         changing its identity (seeds, names, labels), so it holds the study that runs."""
         self.check_holds(record)
         if self.read_record() != record:
-            write_model(self.record_path, record)
+            write_model(self.record_path, record, "study")
 
     def read_study(self) -> StudyConfig:
         """The study this folder holds, parsed from study.json like a study file (with each
@@ -326,10 +327,10 @@ class StudyFolder:
     def read_state(self) -> StudyState:
         if not self.state_path.is_file():
             raise HpstudyError(f"{self.path}: not a study folder (no state.json)")
-        return read_model(self.state_path, StudyState)
+        return read_model(self.state_path, StudyState, "state")
 
     def write_state(self, state: StudyState) -> None:
-        write_model(self.state_path, state)
+        write_model(self.state_path, state, "state")
 
     def drop_report(self) -> None:
         """Remove report.md before the state changes: a report is current only if written
