@@ -57,7 +57,7 @@ def plain_study(
         patch.setenv("HPSTUDY_CIFAR100_URL", UNREACHABLE_URL)
         patch.setenv("HPSTUDY_CACHE", str(speed_cache))
         if not export:
-            patch.setattr("hpstudy.study.runner.export_final", no_export)
+            patch.setattr("hpstudy.study.remote.export_final", no_export)
         patch.setattr("hpstudy.report.save", save)
         yield
 

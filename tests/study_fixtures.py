@@ -32,7 +32,7 @@ BLANK_PNG = bytes.fromhex(
 NO_EXPORT = """
 import sys
 import hpstudy.study.runner
-hpstudy.study.runner.export_final = lambda *args: None
+hpstudy.study.remote.export_final = lambda *args: None
 """
 NO_FIGURES = f"""
 from pathlib import Path
@@ -78,7 +78,7 @@ def as_in_a_test(speed_cache: Path) -> Iterator[None]:
         for key, value in isolated_env(speed_cache).items():
             patch.setenv(key, value)
         patch.setattr("hpstudy.report.save", blank)
-        patch.setattr("hpstudy.study.runner.export_final", lambda *args: None)
+        patch.setattr("hpstudy.study.remote.export_final", lambda *args: None)
         yield
 
 

@@ -137,6 +137,8 @@ def test_status_json_prints_the_analysis(seed_report, capsys):
     out = capsys.readouterr().out
     assert out.count("\n") == 1  # one JSON object, one line
     printed = json.loads(out)
+    # the analysis, stamped with the output's schema version, and nothing left to run
+    assert (printed.pop("schema_version"), printed.pop("progress")) == (1, None)
     assert printed == json.loads(analysis.model_dump_json())
     assert [s["name"] for s in printed["stages"]] == ["learning rate", "schedule", "mixup"]
     assert printed["stages"][0]["settings"][1]["final"]["val_acc"]["mean"] == pytest.approx(

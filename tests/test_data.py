@@ -500,4 +500,5 @@ def test_cli_info_json_from_a_real_process(synthetic_root: Path, tmp_path: Path)
     assert (info["train_size"], info["val_size"], info["test_size"]) == (400, 100, 100)
     assert info["val_indices_sha256"] == val_sha256(500, 100, 0)
     assert len(info["mean"]) == len(info["std"]) == 3
+    assert info.pop("schema_version") == 1  # the --json output's, beside the info
     assert info == dataset_info(synthetic_root, seed=0, verify=False)

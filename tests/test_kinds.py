@@ -105,7 +105,14 @@ def test_a_kind_defined_in_a_test_runs_through_the_api_status_and_report(
     )
     assert isinstance(result, StudyResult) and result.status == "finished"
     assert result.folder == out and result.report == out / "report.md"
-    assert result.report.is_file() and result.analysis is None
+    assert result.report.is_file()
+    assert capsys.readouterr() == ("", "")  # a library prints nothing: logging is not set up
+    # the typed analysis the report renders: the kind's words and the runs' numbers
+    analysed = result.analysis.stages[0]
+    assert (analysed.kind, analysed.words, analysed.one_field) == ("ladder", "Climbs a ladder of",
+                                                                   False)  # fmt: skip
+    assert [s.label for s in analysed.settings] == ["rung 0", "rung 1"]
+    assert analysed.winner == result.state.stages[0].winner
     stage = result.state.stages[0]
     assert stage.kind == "ladder" and stage.field == "lr"
     assert [s.label for s in stage.settings] == ["rung 0", "rung 1"]
@@ -319,7 +326,7 @@ def test_a_kind_name_cannot_be_taken_twice(monkeypatch: pytest.MonkeyPatch) -> N
         ({"data": 3}, "data: a data folder or DataOptions"),
         ({"data": "/x", "root": "/y"}, "data: give data= or root=, not both"),
         ({"data": DataOptions(root=None, verify=True), "verify": False}, "not both"),
-        ({"executor": "nope"}, "executor: must be local, ray or slurm"),
+        ({"executor": "nope"}, "executor: must be one of local, ray, slurm"),
     ],
 )
 def test_bad_api_arguments_are_one_line(

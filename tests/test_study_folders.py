@@ -68,7 +68,7 @@ KILLED_AT_REPORT = """
 import os, signal, sys
 import hpstudy.report, hpstudy.study.runner
 hpstudy.report.write_report = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
-hpstudy.study.runner.export_final = lambda *args: None
+hpstudy.study.remote.export_final = lambda *args: None
 from hpstudy.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -38,7 +38,7 @@ def quick_studies() -> Iterator[None]:
     """Inside: studies skip the final export; reports build every figure but write a blank
     PNG for each (what conftest does for each unmarked test)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("hpstudy.study.runner.export_final", lambda *args: None)
+        patch.setattr("hpstudy.study.remote.export_final", lambda *args: None)
         patch.setattr("hpstudy.report.save", _blank)
         yield
 

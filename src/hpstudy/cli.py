@@ -473,13 +473,16 @@ def cmd_study_init(args: argparse.Namespace) -> None:
 
 def progress_left(folder_path: Path) -> dict[str, Any] | None:
     """`study status --json`'s progress: runs and epochs done of the plan, and the time
-    left at the measured speed; None for a finished study."""
+    left at the measured speed; None for a finished study, or one it cannot plan."""
     from hpstudy.study import StudyFolder
     from hpstudy.study.status import folder_progress
 
     folder = StudyFolder(folder_path)
     state = folder.read_state()
-    progress = folder_progress(folder, state) if state.status != "finished" else None
+    try:
+        progress = folder_progress(folder, state) if state.status != "finished" else None
+    except HpstudyError:  # what is left cannot be planned (no study.json): the rest still is
+        return None
     if progress is None:
         return None
     return {
@@ -524,21 +527,27 @@ def cmd_study(args: argparse.Namespace) -> None:
     from hpstudy.study.spec import load_study
 
     config = load_study(args.study)
+    from hpstudy.executors import DataOptions, make_executor
+
     values = executor_values(args)  # another executor's options are refused here
-    state = study.run_study(
-        args.study,
-        out=args.out,
-        budget=args.budget,
-        executor=args.executor,
-        root=args.root,
-        verify=args.verify,
-        device=args.device,
-        seeds=study.parse_seeds(args.seeds) if args.seeds is not None else None,
-        until_decided=args.until_decided,
-        follow=args.follow,
-        split_follows_seed=args.split_follows_seed,
-        **values,
+    executor = make_executor(
+        args.executor, DataOptions(args.root, args.verify), device=args.device, **values
     )
+    try:
+        state = study.run_study(
+            args.study,
+            out=args.out,
+            budget=args.budget,
+            executor=executor,
+            root=args.root,
+            verify=args.verify,
+            seeds=study.parse_seeds(args.seeds) if args.seeds is not None else None,
+            until_decided=args.until_decided,
+            follow=args.follow,
+            split_follows_seed=args.split_follows_seed,
+        )
+    finally:  # an executor given to run_study is the giver's to close (a local Ray)
+        executor.close()
     if args.json:
         folder = args.out or study.default_out(config.name, args.budget, args.follow)
         report = {"report": str(Path(folder) / "report.md")}

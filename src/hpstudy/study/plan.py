@@ -67,7 +67,8 @@ class Plan:
         values.update(epochs=budget_epochs(stage.epochs, self.budget), seed=seed)
         if study.split_follows_seed:
             values["split_seed"] = seed
-        shown = stage.setting_text(value)
+        # one field's value as the file writes it (`lr = -0.1`); several by their labels
+        shown = f"{stage.field} = {value!r}" if stage.one_field else stage.setting_text(value)
         where = f"{study.source}: stage {k + 1} ({stage.name}), {shown}, budget {self.budget}"
         config = parse_model(RunConfig, values, where)
         if self.device_type is None:

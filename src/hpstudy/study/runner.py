@@ -18,6 +18,7 @@ from typing import Any
 
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Executor, make_executor
+from hpstudy.study.analysis import Analysis, analyse
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.session import StudySession, already_done
 from hpstudy.study.spec import StudyConfig, study_from, validate_study
@@ -37,8 +38,8 @@ class StudyResult:
     state: StudyState  # state.json: stages, winners, verdicts, the final test result
     folder: Path  # the study folder: study.json, state.json, runs/, the report
     report: Path  # report.md (report.html, tables/ and figures/ beside it)
-    # the study's typed Analysis (hpstudy.study's, from the state), where one is computed
-    analysis: Any = None
+    # every number and verdict of the report, typed (what `study status --json` prints)
+    analysis: Analysis
 
     @property
     def status(self) -> str:
@@ -204,7 +205,7 @@ def run(
             f"{folder.path}: study {config.name} ({budget}) already finished; nothing to do"
         )
         logger.info(report_line(folder))
-        return StudyResult(done, folder.path, folder.report_path)
+        return StudyResult(done, folder.path, folder.report_path, analyse(folder.path))
 
     options = data_options(data, root, verify)
     runner, owned = executor_for(executor, options, device, executor_options)
@@ -217,7 +218,7 @@ def run(
         if owned:
             runner.close()
 
-    result = StudyResult(state, folder.path, folder.report_path)
+    result = StudyResult(state, folder.path, folder.report_path, analyse(folder.path))
     logger.info(result.summary())
     if failed := state.failed_runs():
         logger.warning(

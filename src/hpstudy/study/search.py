@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -31,13 +31,13 @@ from hpstudy.executors import Job
 from hpstudy.run import MetricRow, RunDir, RunStatus
 from hpstudy.run.hooks import HookSpec, RunHook, default_hooks
 from hpstudy.study.kinds import label_of
-from hpstudy.study.kinds.optuna import OptunaStage
 from hpstudy.study.kinds.space import Distribution, corners, draw_random
 from hpstudy.study.state import RunEntry, SettingState, StageState, StudyFolder
 
 if TYPE_CHECKING:
     import optuna
 
+    from hpstudy.study.kinds.optuna import OptunaStage
     from hpstudy.study.plan import Plan
 
 JOURNAL_FOLDER = "optuna"
@@ -176,9 +176,9 @@ class OptunaSearch:
         self.optuna = optuna
         self.folder, self.plan, self.k, self.seen = folder, plan, k, seen
         self.winners = dict(winners)
-        stage = plan.study.stages[k]
-        assert isinstance(stage, OptunaStage)
-        self.stage = stage
+        # built by the optuna kind for its own stage (kinds.optuna imports this module)
+        self.stage = cast("OptunaStage", plan.study.stages[k])
+        assert self.stage.kind == "optuna"
         self.metric = plan.study.selection
         self.study_name = f"stage{k + 1}-{winners_key(self.winners)}"
         self.journal = folder.path / JOURNAL_FOLDER / f"{self.study_name}.journal"
@@ -187,12 +187,12 @@ class OptunaSearch:
         except OSError as err:
             reason = err.strerror or err
             raise HpstudyError(f"{self.journal.parent}: cannot create ({reason})") from None
-        self.distributions = optuna_distributions(stage.space)
+        self.distributions = optuna_distributions(self.stage.space)
         self.study = optuna.create_study(
             storage=open_storage(self.journal),
             study_name=self.study_name,
             direction=direction(self.metric),
-            pruner=make_pruner(stage.pruner),
+            pruner=make_pruner(self.stage.pruner),
             load_if_exists=True,
         )
         self.trials: dict[int, Trial] = {}
