@@ -5,7 +5,7 @@ run preempted on it resumes to the same result; jobs are pulled only as slots fr
 
 Cost: one sequential reference study (two on a machine of 4 cores or more: on a worker's
 share of the threads, and on one thread), one with two worker processes, one through
-submitit's local cluster (nine jobs, each a process, one of them preempted and
+submitit's local cluster (five jobs, each a process, one of them preempted and
 requeued), three worker processes that fail at once, one job that fails at once. The
 reference and the SLURM study skip the final export and render no figures: no test here
 reads them.
@@ -223,10 +223,10 @@ def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
 ) -> None:
     assert_same(reference(1), outcome(slurm_study))
     logs = list((slurm_study / "slurm").glob("*_log.err"))
-    # data summary, the speed measured for the cost block, two runs, the stage's per-image
-    # comparison, test evaluation, test outcomes (the interval), the export, environment
-    # (the preempted run's job is requeued under its own id: one log, not two)
-    assert len(logs) == 9
+    # the opening (data summary, speed), two runs, the stage's per-image comparison, the
+    # closing (test, its outcomes, export, environment): five jobs, the preempted run's
+    # requeued under its own id (one log, not two)
+    assert len(logs) == 5
 
 
 def test_slurm_pulls_jobs_as_slots_free_and_records_a_failed_job(tmp_path: Path) -> None:

@@ -5,6 +5,11 @@ outcomes, the final test evaluation, the export of the final model and the
 environment are read or computed by these functions in the executor's process (a
 worker, a Ray task, a SLURM job). Each takes picklable arguments and, last, the
 device the executor gives it.
+
+A study makes three kinds of call: `opening` before anything trains,
+`validation_outcomes` once per stage, `closing` once at the end. Each call may be a
+job of its own (on SLURM one waits in the queue and starts a Python of its own), so
+the work of one moment goes in one call, not one per step.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import platform
 from typing import Any
 
 from hpstudy import __version__, data
+from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
 from hpstudy.run import RunDir, evaluate, image_outcomes, load_data
+from hpstudy.study.cost import Speed, measure_speed
 from hpstudy.study.select import SeedOutcomes
 
 logger = logging.getLogger(__name__)
@@ -28,6 +35,31 @@ def data_summary(
     """What the report says of the data; runs where the runs run (the driver may lack it)."""
     info = data.split_info(load_data(options.root, options.verify, dataset), split_seed)
     return {"root": str(data.resolve_root(options.root)), **info}
+
+
+def opening(
+    options: DataOptions, split_seed: int, dataset: str, config: RunConfig, device: str | None
+) -> tuple[dict[str, Any], Speed]:
+    """Before anything trains: the data summary and the study's model timed on the device
+    (read from the speed cache where measured before)."""
+    return data_summary(options, split_seed, dataset, device), measure_speed(config, device)
+
+
+def closing(final_dirs: list[str], options: DataOptions, device: str | None) -> dict[str, Any]:
+    """At the end: each final run's test scores (evaluated here where the run has not met
+    test yet; else the first evaluation its ledger keeps, so test is read once), their
+    right/wrong per test image, the first run exported, and the environment."""
+    tests = []
+    for path in final_dirs:
+        summary = RunDir(path).read_summary()
+        ledger = summary.test_evaluations if summary is not None else []
+        tests.append(ledger[0].model_dump() if ledger else test_evaluation(path, options, device))
+    export_final(final_dirs[0], options, device)
+    return {
+        "tests": tests,
+        "outcomes": test_outcomes(final_dirs, options, device),
+        "environment": environment(device),
+    }
 
 
 def test_evaluation(run_dir: str, options: DataOptions, device: str | None) -> dict[str, Any]:
@@ -81,9 +113,11 @@ def test_outcomes(run_dirs: list[str], options: DataOptions, device: str | None)
 
 
 __all__ = [
+    "closing",
     "data_summary",
     "environment",
     "export_final",
+    "opening",
     "test_evaluation",
     "test_outcomes",
     "validation_outcomes",

@@ -26,11 +26,11 @@ from hpstudy.run import RunDir, RunStatus
 from hpstudy.study import remote
 from hpstudy.study.compare import accuracy_interval
 from hpstudy.study.cost import (
+    Speed,
     StudyCost,
     budget_costs,
     cost_block,
     epochs_in,
-    measure_speed,
     study_cost,
 )
 from hpstudy.study.plan import Plan
@@ -94,8 +94,10 @@ class StudySession:
         base = self.plan.config_for_base()
         split_seed = self.study.seeds[0] if self.study.split_follows_seed else base.split_seed
         # with split_follows_seed the data section describes the first seed's split
-        summary = self.executor.call(remote.data_summary, self.data, split_seed, base.dataset)
-        cost = self.announce_cost(summary)
+        summary, speed = self.executor.call(
+            remote.opening, self.data, split_seed, base.dataset, base
+        )
+        cost = self.announce_cost(summary, speed)
         # the folder is made only once the data is there (no half-claimed folder), and
         # written by this process alone from study.json to the report
         with self.folder.lock():
@@ -127,18 +129,16 @@ class StudySession:
             with study_display(display):
                 for k in range(len(self.study.stages)):
                     self.run_stage(k)
-            state.final = self.final_evaluation()
-            environment = self.executor.call(remote.environment)
+            state.final, environment = self.final_evaluation()
             state.environment = {**environment, "device": state.final.device}
             state.status = "incomplete" if state.failed_runs() else "finished"
             state.wall_seconds_this_invocation = time.perf_counter() - started
             conclude(self.folder, state, write_report)
         return state
 
-    def announce_cost(self, summary: dict[str, Any]) -> StudyCost:
-        """Before anything trains: what the study costs here, and what cheaper budgets would.
-        The speed is measured where the runs run (a few steps; cached per device and model)."""
-        speed = self.executor.call(measure_speed, self.plan.config_for_base())
+    def announce_cost(self, summary: dict[str, Any], speed: Speed) -> StudyCost:
+        """Before anything trains: what the study costs here, and what cheaper budgets would,
+        at the speed measured where the runs run (a few steps; cached per device and model)."""
         sizes = (summary["train_size"], summary["val_size"], summary["test_size"])
         cost = study_cost(
             self.plan, *sizes, speed, epochs_done=lambda config: epochs_in(self.folder, config)
@@ -279,24 +279,19 @@ class StudySession:
 
     # ------------------------------------------------------------ the test, once
 
-    def final_evaluation(self) -> FinalResult:
-        """The winner of the last stage, every finished seed, evaluated on test exactly once."""
+    def final_evaluation(self) -> tuple[FinalResult, dict[str, str]]:
+        """The winner of the last stage, every finished seed, evaluated on test exactly once
+        (in one call where the runs run, with the export and the environment)."""
         folder, options = self.folder, self.data
         last = self.current.stages[-1]
         assert last.winner is not None  # a stage without a winner stopped the study
         final_setting = last.carried if last.carried is not None else last.winner
+        entries = [e for e in last.settings[final_setting].runs if e.status == RunStatus.FINISHED]
+        paths = [str((folder.path / e.run_dir).resolve()) for e in entries]
+        closed = self.executor.call(remote.closing, paths, options)
         runs = []
-        for entry in last.settings[final_setting].runs:
-            if entry.status != RunStatus.FINISHED:
-                continue
-            run_dir = RunDir(folder.path / entry.run_dir)
-            ledger = run_dir.read_summary().test_evaluations  # type: ignore[union-attr]
-            if ledger:
-                test = ledger[0].model_dump()
-            else:
-                path = str(run_dir.path.resolve())
-                test = self.executor.call(remote.test_evaluation, path, options)
-                ledger = run_dir.read_summary().test_evaluations  # type: ignore[union-attr]
+        for entry, test in zip(entries, closed["tests"], strict=True):
+            ledger = RunDir(folder.path / entry.run_dir).read_summary().test_evaluations  # type: ignore[union-attr]
             runs.append(
                 FinalRun(
                     seed=entry.seed,
@@ -307,7 +302,6 @@ class StudySession:
                 )
             )
         first = RunDir(folder.path / runs[0].run_dir)
-        self.executor.call(remote.export_final, str(first.path.resolve()), options)
         config = first.read_config().model_dump(exclude={"seed"})
         summary = first.read_summary()
 
@@ -315,8 +309,7 @@ class StudySession:
             s = summarise([getattr(r.test, key) for r in runs])
             return s if s is not None else Stat(mean=float("nan"), std=0.0, n=0)
 
-        paths = [str((folder.path / r.run_dir).resolve()) for r in runs]
-        correct = self.executor.call(remote.test_outcomes, paths, options)
+        correct = closed["outcomes"]
         top1 = TestTop1(**stat("top1").model_dump())
         if correct and all(c is not None for c in correct):
             ci95, how = accuracy_interval(correct)
@@ -331,7 +324,7 @@ class StudySession:
             test_top5=stat("top5"),
             test_loss=stat("loss"),
             device=(summary.device_name if summary else None) or "unknown",
-        )
+        ), closed["environment"]
 
 
 class Counted:
