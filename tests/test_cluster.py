@@ -153,6 +153,23 @@ def test_the_local_executor_pulls_a_job_only_when_a_worker_is_free(tmp_path: Pat
         assert summary["status"] == "failed" and "CIFAR-100" in summary["error"]
 
 
+def test_a_worker_starts_in_the_drivers_folder_and_environment_as_they_are_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Job processes fork from a server started once, elsewhere and earlier: a relative run
+    folder and the data folder named by $HPSTUDY_DATA must still be the driver's now."""
+    first = LocalExecutor(DataOptions(root=str(tmp_path / "empty"), verify=False), ["cpu"])
+    first.run([Job(RunConfig(device="cpu"), tmp_path / "first", "first")])  # the server runs
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPSTUDY_DATA", str(tmp_path / "said-now"))
+    monkeypatch.setenv("HPSTUDY_CIFAR100_URL", "http://127.0.0.1:9/none.tar.gz")
+    LocalExecutor(DataOptions(root=None, verify=False), ["cpu"]).run(
+        [Job(RunConfig(device="cpu"), Path("relative") / "run", "relative")]
+    )
+    summary = json.loads((tmp_path / "relative" / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and str(tmp_path / "said-now") in summary["error"]
+
+
 def preempt_once(marker: Path) -> Callable[..., Any]:
     """`run_job`, but the first run to write a checkpoint (its epoch 1 of 2) is sent SIGUSR2,
     SLURM's preemption and time-limit warning, right after it: submitit's handler in the
