@@ -262,7 +262,14 @@ def test_slurm_pulls_jobs_as_slots_free_and_records_a_failed_job(tmp_path: Path)
 
     options = SlurmOptions(cluster="debug", max_parallel=1, folder=tmp_path / "slurm")
     no_data = DataOptions(root=str(tmp_path / "empty"), verify=False)
-    make_executor("slurm", no_data, slurm=options).run(lazily())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # not what a job asks for (its CPUs): must be left as it is
+    try:
+        make_executor("slurm", no_data, slurm=options).run(lazily())
+        # jobs called in this process leave its thread count (and so its results) alone
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
     assert pulled_with_summaries == [0, 1, 2]
     for job in jobs:
         assert json.loads((job.run_dir / "summary.json").read_text())["status"] == "failed"

@@ -95,11 +95,17 @@ class SlurmCall:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
-        if os.getpid() != self.driver_pid:  # the debug cluster calls it in the driver
+        in_driver = os.getpid() == self.driver_pid  # the debug cluster calls it there
+        if not in_driver:
             log_in_worker(self.log_level)
         # torch sizes its thread pool to the whole node; a job owns only its CPUs
+        threads = torch.get_num_threads()
         torch.set_num_threads(job_threads(self.cpus_per_job))
-        return self.fn(*args, **kwargs)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            if in_driver:  # the driver's own runs keep their threads (and their results)
+                torch.set_num_threads(threads)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit calls this on preemption or at the time limit: requeue the same call."""
