@@ -211,6 +211,20 @@ def test_the_version_is_written_once_in_pyproject() -> None:
     assert project["version"] not in init  # read from the metadata, not written again
 
 
+def test_a_source_tree_never_installed_reads_its_version_from_pyproject(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`PYTHONPATH=src` on a machine where hpstudy was never installed (the GPU machine)."""
+    import importlib.metadata
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert hpstudy.package_version() == project["version"] == version("hpstudy")
+
+
 def test_the_package_says_it_is_typed() -> None:
     assert (SRC / "hpstudy" / "py.typed").is_file()
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -2,7 +2,8 @@
 
 As a library it prints nothing of its own: its records go to `logging.getLogger("hpstudy")`
 (a NullHandler only), for the program that uses it to show or silence. `__version__` is
-read from the installed package's metadata on first use, so pyproject.toml is the one
+read from the installed package's metadata on first use (from the checkout's
+pyproject.toml for a source tree that was never installed), so pyproject.toml is the one
 place the version is written (and `import hpstudy` stays cheap for the command line).
 """
 
@@ -21,7 +22,23 @@ def package_version() -> str:
     try:
         return version("hpstudy")
     except PackageNotFoundError:  # a source tree on sys.path, never installed
-        return "0+unknown"
+        return source_tree_version() or "0+unknown"
+
+
+def source_tree_version() -> str | None:
+    """The version the checkout's pyproject.toml writes (src/hpstudy -> the repository),
+    for a tree run from source (PYTHONPATH=src) without being installed."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(project, dict) or project.get("name") != "hpstudy":
+        return None
+    return str(project["version"]) if isinstance(project.get("version"), str) else None
 
 
 def __getattr__(name: str) -> Any:
