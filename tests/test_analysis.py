@@ -69,30 +69,40 @@ def test_curves_are_the_seeds_mean_per_epoch(seed_report):
         assert points.std[k] == pytest.approx(np.std(values, ddof=1))
 
 
+def prediction(values: list[float]) -> tuple[float, float]:
+    """The 95 % prediction interval for one new run, by hand from scipy's t quantile."""
+    n = len(values)
+    half = stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) * math.sqrt(1 + 1 / n)
+    return float(np.mean(values) - half), float(np.mean(values) + half)
+
+
 def test_reproduction_rows_carry_interval_and_verdict(seed_report):
     built, state, analysis = seed_report
     rows = {r.what: r for r in analysis.reproduction}
-    # two seeds: the t-interval of the mean over seeds (scipy), the verdict from it
+    # two seeds: the prediction interval for one new run, the verdict from it (the two
+    # seeds differ by more than the one-point margin, so never "consistent")
     row = rows["learning rate: 0.05 val_acc"]
     values = [runs[-1]["val_acc"] for runs in built.rows("learning rate", "0.05")]
-    ci = stats.ttest_1samp(values, 0).confidence_interval(0.95)
-    assert row.ci95 == pytest.approx([ci.low, ci.high]) and row.measured == pytest.approx(
-        np.mean(values)
-    )
-    assert row.interval == "t-interval over seeds"
-    assert row.verdict == ("consistent" if ci.low <= 0.467 <= ci.high else "not")
-    # one seed's accuracy: Wilson over the 512 validation images the run saw
+    lo, hi = prediction(values)
+    assert row.ci95 == pytest.approx([lo, hi]) and row.measured == pytest.approx(np.mean(values))
+    assert row.interval == "95 % prediction interval for one new run (2 seeds)"
+    assert row.verdict == ("inside the prediction interval" if lo <= 0.467 <= hi else "outside")
+    # one seed's accuracy: cannot tell; that run's Wilson interval over its 512 images shown
     row = rows["learning rate: 0.01 val_acc"]
     (value,) = [runs[-1]["val_acc"] for runs in built.rows("learning rate", "0.01")]
     wilson = stats.binomtest(round(value * 512), 512).proportion_ci(0.95, method="wilson")
     assert row.ci95 == pytest.approx([wilson.low, wilson.high])
-    assert row.interval == "Wilson over validation images"
+    assert row.verdict == "cannot tell" and row.interval.startswith("one run, Wilson")
     # one seed's loss has no interval: the verdict says so rather than guessing
     assert rows["learning rate: 0.01 val_loss"].verdict == "cannot tell"
     assert rows["learning rate: 0.01 val_loss"].ci95 is None
-    # the test top-1 has no interval in this state: measured, not judged
-    assert rows["test top-1"].measured == state.final.test_top1.mean  # type: ignore[union-attr]
-    assert rows["test top-1"].verdict == "cannot tell"
+    # the test top-1 of two final runs: judged by the same rule, on their test top-1
+    tops = [r.test.top1 for r in state.final.runs]  # type: ignore[union-attr]
+    lo, hi = prediction(tops)
+    assert rows["test top-1"].ci95 == pytest.approx([lo, hi])
+    assert rows["test top-1"].verdict == (
+        "inside the prediction interval" if lo <= 0.697 <= hi else "outside")  # fmt: skip
+    assert analysis.final.published_verdict == rows["test top-1"].verdict  # type: ignore[union-attr]
 
 
 def test_explaining_figures_are_data_for_the_stage_they_explain(seed_report):

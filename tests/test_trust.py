@@ -23,6 +23,7 @@ from hpstudy.study.compare import (
     accuracy_interval,
     compare,
     mcnemar,
+    prediction_interval,
     wilson,
 )
 from hpstudy.study.state import StudyFolder
@@ -35,7 +36,7 @@ BASE = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY.items())
 # report can flag it and --follow published can follow it
 TRUST_STUDY = f"""
 name = "trust"
-seeds = [0, 1]
+seeds = [0, 1, 2]
 [base]
 {BASE}
 [[stages]]
@@ -74,6 +75,7 @@ field = "lr"
 values = [0.01, 0.0100000001]
 labels = ["a", "b"]
 epochs = 15
+published.a = {{ val_acc = 0.01 }}
 """
 
 
@@ -85,7 +87,7 @@ def write(tmp: Path, name: str, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def trust_study(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Done-when scenario: two seeds at the smoke budget."""
+    """The Done-when scenario: three seeds at the smoke budget."""
     tmp = tmp_path_factory.mktemp("trust")
     out = tmp / "study"
     with quick_studies():  # no test here reads the exported model or the figures' pixels
@@ -125,7 +127,7 @@ def test_wilson_interval_is_scipys() -> None:
     lo, hi = wilson(70, 100)
     assert (lo, hi) == pytest.approx((0.6041, 0.7810), abs=1e-4)  # the textbook values
     (lo1, hi1), how = accuracy_interval([np.r_[np.ones(70), np.zeros(30)]])
-    assert how == "Wilson" and (lo1, hi1) == pytest.approx((lo, hi))
+    assert how.startswith("Wilson") and (lo1, hi1) == pytest.approx((lo, hi))
 
 
 def test_interval_covers_a_known_difference() -> None:
@@ -140,18 +142,21 @@ def test_interval_covers_a_known_difference() -> None:
     assert 0.90 <= covered / 200 <= 0.99
 
 
-def test_two_level_interval_widens_with_seed_noise() -> None:
+def test_the_seed_interval_widens_with_seed_noise_and_the_image_one_does_not() -> None:
     rng = np.random.default_rng(3)
 
-    def width(seed_std: float) -> float:
+    def widths(seed_std: float) -> tuple[float, float]:
         pw, ps = 0.7 + rng.normal(0, seed_std, 4), 0.65 + rng.normal(0, seed_std, 4)
         w = [rng.random(1000) < p for p in pw]
         s = [rng.random(1000) < p for p in ps]
         d = compare(w, s, correctness=True)
-        assert "two-level" in d.test and d.seeds == 4 and d.p_value is not None
-        return d.ci95[1] - d.ci95[0]
+        assert "paired t" in d.test and d.seeds == 4 and d.p_value is not None
+        assert d.ci95 is not None and d.images_ci95 is not None
+        return d.ci95[1] - d.ci95[0], d.images_ci95[1] - d.images_ci95[0]
 
-    assert width(0.05) > 1.5 * width(0.0)
+    (seeds_quiet, images_quiet), (seeds_noisy, images_noisy) = widths(0.0), widths(0.05)
+    assert seeds_noisy > 1.5 * seeds_quiet
+    assert images_noisy == pytest.approx(images_quiet, rel=0.3)  # new images, same models
 
 
 def test_bootstrap_is_deterministic_and_uses_its_seed() -> None:
@@ -161,10 +166,10 @@ def test_bootstrap_is_deterministic_and_uses_its_seed() -> None:
     first = compare(w, s, correctness=False, lower_is_better=True)
     assert compare(w, s, correctness=False, lower_is_better=True) == first
     other = compare(w, s, correctness=False, lower_is_better=True, seed=1)
-    assert other.ci95 != first.ci95
+    assert other.images_ci95 != first.images_ci95 and other.ci95 == first.ci95  # t: no draws
     gaps = [a.mean() - b.mean() for a, b in zip(w, s, strict=True)]
     assert first.difference == pytest.approx(np.mean(gaps))
-    assert first.prob_better > 0.5  # lower losses: the winner is better
+    assert first.prob_better is not None and first.prob_better > 0.5  # lower is better
     assert BOOTSTRAP_RESAMPLES >= 2000
     right = [rng.random(500) < 0.6 for _ in range(3)]  # right/wrong: the multinomial path
     assert accuracy_interval(right) == accuracy_interval(right)
@@ -220,14 +225,55 @@ def test_state_holds_comparisons_and_test_interval(trust_study: Path) -> None:
         for c in stage["comparisons"]:
             lo, hi = c["ci95"]
             assert lo <= c["difference"] <= hi and 0 <= c["prob_better"] <= 1
-            assert c["seeds"] == 2 and "two-level" in c["test"]
-        intervals_exclude_zero = all(c["ci95"][0] > 0 for c in stage["comparisons"])
-        assert stage["decided"] == intervals_exclude_zero
+            assert c["seeds"] == 3 and c["test"].startswith("paired t")
+            assert len(c["images_ci95"]) == 2
+            if c["p_value"] is None:  # runs alike on every seed (two steps of training)
+                assert c["ci95"] == [0, 0] and c["decision_ci"] is None
+                assert "no interval is claimed" in c["test"]
+            else:  # Bonferroni over one comparison: the decision interval is the 95 % one
+                assert c["decision_ci"] == pytest.approx(c["ci95"], abs=1e-12)
+                assert len(c["prob_better_ci95"]) == 2
+        on_its_side = all(c["decision_ci"] is not None and c["decision_ci"][0] > 0
+                          for c in stage["comparisons"])  # fmt: skip
+        assert stage["decided"] == on_its_side
+        assert (stage["looks"], stage["alpha_spent"]) == (1, pytest.approx(0.05))
         if not stage["decided"]:
-            assert "not distinguishable at 2 seeds" in stage["verdict"]
+            assert "Not decided" in stage["verdict"]
     top1 = state["final"]["test_top1"]
-    lo, hi = top1["ci95"]
-    assert 0 <= lo <= top1["mean"] <= hi <= 1 and "bootstrap" in top1["interval"]
+    tops = [r["test"]["top1"] for r in state["final"]["runs"]]
+    if np.ptp(tops) == 0:  # two steps of training may predict one class on every seed
+        assert top1["ci95"] is None and "do not vary" in top1["interval"]
+    else:
+        lo, hi = stats.ttest_1samp(tops, 0).confidence_interval(0.95)
+        assert top1["ci95"] == pytest.approx([lo, hi], abs=1e-9)
+        assert top1["interval"] == "t-interval over runs"
+
+
+def test_three_seeds_give_the_paired_t_interval_of_the_runs_val_acc(trust_study: Path) -> None:
+    """Done when: ci95 equals (to 1e-9) the paired t-interval recomputed from the runs'
+    final val_acc, p_value the paired t-test."""
+    state = state_of(trust_study)
+    compared = 0
+    for stage in state["stages"]:
+        winner = stage["settings"][stage["winner"]]
+
+        def acc(setting: dict) -> list[float]:
+            return [RunDir(trust_study / r["run_dir"]).read_metrics()[-1]["val_acc"]
+                    for r in setting["runs"]]  # fmt: skip
+
+        for c in stage["comparisons"]:
+            setting = next(s for s in stage["settings"] if s["label"] == c["setting"])
+            d = np.subtract(acc(winner), acc(setting))
+            if np.ptp(d) == 0:  # no t-interval: the test above checks what is said instead
+                assert c["p_value"] is None
+                continue
+            compared += 1
+            test = stats.ttest_1samp(d, 0)
+            ci = test.confidence_interval(0.95)
+            assert c["ci95"] == pytest.approx([ci.low, ci.high], abs=1e-9)
+            assert c["p_value"] == pytest.approx(test.pvalue, abs=1e-9)
+            assert c["images_ci95"] is not None
+    assert compared >= 1  # the learning rates differ on some seed even after two steps
 
 
 def test_numbers_recomputed_from_val_predictions_agree(
@@ -255,9 +301,11 @@ def test_numbers_recomputed_from_val_predictions_agree(
                 assert float(np.mean(theirs[r["seed"]])) == rows[-1]["val_acc"]
             gap = winner["final"]["val_acc"]["mean"] - setting["final"]["val_acc"]["mean"]
             assert c["difference"] == pytest.approx(gap, abs=1e-12)
-            again = compare([mine[s] for s in (0, 1)], [theirs[s] for s in (0, 1)],
+            again = compare([mine[s] for s in (0, 1, 2)], [theirs[s] for s in (0, 1, 2)],
                             correctness=True)  # fmt: skip
-            assert list(again.ci95) == c["ci95"] and again.prob_better == c["prob_better"]
+            assert again.ci95 is not None and list(again.ci95) == c["ci95"]
+            assert again.images_ci95 is not None and list(again.images_ci95) == c["images_ci95"]
+            assert again.prob_better == c["prob_better"]
 
 
 def test_report_shows_comparisons_interval_and_reproduction(trust_study: Path) -> None:
@@ -265,15 +313,25 @@ def test_report_shows_comparisons_interval_and_reproduction(trust_study: Path) -
     state = state_of(trust_study)
     assert "P(winner better on a new seed)" in md
     assert len(list((trust_study / "figures").glob("fig*b_learning_rate_differences.png"))) == 1
-    lo, hi = state["final"]["test_top1"]["ci95"]
-    assert f"[{lo:.4f}, {hi:.4f}]" in md
-    inside = lo <= 0.697 <= hi
-    assert f"The published 0.697 lies **{'inside' if inside else 'outside'}** it" in md
+    assert "What the intervals are about" in md and "no study-wide error control" in md
+    # the published test top-1 against the prediction interval for one new run (3 runs)
+    tops = [r["test"]["top1"] for r in state["final"]["runs"]]
+    if np.ptp(tops) == 0:
+        assert "**cannot tell**, the final runs' test top-1 do not vary" in md
+    else:
+        lo, hi = state["final"]["test_top1"]["ci95"]
+        assert f"[{lo:.4f}, {hi:.4f}]" in md
+        plo, phi = prediction_interval(np.array(tops))
+        inside = plo <= 0.697 <= phi
+        assert f"The published 0.697 is **{'inside' if inside else 'outside'}** the 95 %" in md
     reproduction = md.split("## Reproduction")[1].split("\n## ")[0]
     assert "| test top-1 | 0.697 |" in reproduction
     rows = (trust_study / "tables" / "reproduction.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 + 1  # header, four published val_acc, the test top-1
-    assert all(row.split(",")[-1] in ("consistent", "not", "cannot tell") for row in rows[1:])
+    verdicts = ("consistent", "inside the prediction interval", "outside", "cannot tell")
+    assert all(row.split(",")[-1] in verdicts for row in rows[1:])
+    assert all(row.endswith(",cannot tell") or "prediction interval for one new run (3" in row
+               for row in rows[1:])  # fmt: skip
     assert (trust_study / "tables" / "comparisons1_learning_rate.csv").is_file()
 
 
@@ -306,6 +364,17 @@ def test_growing_the_seeds_of_a_finished_study_trains_only_new_runs(
     spec = write(tmp_path, "twin", TWIN_STUDY)
     out = tmp_path / "study"
     run_study(spec, out=out, budget="smoke", root=str(synthetic_root), verify=False)
+    # Done when, one seed: not decided, no P(better), the seed-noise sentence, and the
+    # reproduction table cannot tell
+    stage = state_of(out)["stages"][0]
+    (c,) = stage["comparisons"]
+    assert stage["decided"] is False and c["prob_better"] is None and c["seeds"] == 1
+    assert "these validation images, this seed" in c["test"] and c["p_value"] is not None
+    md = (out / "report.md").read_text()
+    for text in (stage["verdict"], md):
+        assert "noise is not measured (`--seeds 3` measures it)" in text
+    line = (out / "tables" / "reproduction.csv").read_text().splitlines()[1]
+    assert line.endswith(",cannot tell") and "one run" in line
     before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/checkpoint.pt")}
     assert len(before) == 2
     state = run_study(spec, out=out, budget="smoke", root=str(synthetic_root), verify=False,
@@ -329,6 +398,8 @@ def test_until_decided_adds_seeds_to_an_undecided_stage(
     assert [r.seed for r in stage.settings[0].runs] == [0, 1, 2]
     assert state.seeds == [0] and state.until_decided == 3
     assert "not distinguishable at 3 seeds" in (stage.verdict or "")
+    # judged at 2 and 3 seeds (never at one), each look at α/2: 0.05 spent in all
+    assert (stage.looks, stage.alpha_spent) == (2, pytest.approx(0.05))
 
 
 def test_follow_published_starts_each_stage_from_the_published_winners(
@@ -430,7 +501,7 @@ def test_runs_without_predictions_are_said_to_be_missing(trust_study: Path) -> N
     state = StudyFolder(trust_study).read_state()
     stage = state.stages[0]
     assert stage.winner is not None
-    right = {seed: (np.ones(100, dtype=bool), None) for seed in (0, 1)}
+    right = {seed: (np.ones(100, dtype=bool), None) for seed in (0, 1, 2)}
     outcomes = [dict(right) for _ in stage.settings]
     del outcomes[1 - stage.winner][1]  # seed 1 of the other setting keeps no predictions
     judged = judge(stage, outcomes, "val_acc")

@@ -234,8 +234,9 @@ def build_study(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="a stage whose winner is not decided (an interval contains 0) gets one more "
-        "seed at a time, up to N seeds, before the next stage starts",
+        help="a stage whose winner is not decided gets one more seed at a time, up to N "
+        "seeds, before the next stage starts; never decided before 2 seeds, and each look "
+        "spends an equal share of the 5 %% error rate, so growing keeps it at 5 %%",
     )
     q.add_argument(
         "--follow",

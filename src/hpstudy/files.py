@@ -34,7 +34,7 @@ SCHEMA_VERSIONS = {
     "summary": 1,  # a run's summary.json (Summary)
     "export": 1,  # a run's export.json
     "study": 1,  # a study's study.json (StudyRecord)
-    "state": 1,  # a study's state.json (StudyState)
+    "state": 2,  # a study's state.json (StudyState)
     "speed": 1,  # the speed cache, speed.json
     "auto_defaults": 1,  # the `auto` table, auto_defaults.json (benchmarks/gpu_check.py)
     "gpu_check": 1,  # benchmarks/gpu_check.py's gpu_check.json
@@ -55,10 +55,39 @@ def state_0_to_1(raw: Raw) -> Raw:
     return raw
 
 
+def state_1_to_2(raw: Raw) -> Raw:
+    """state.json before verdicts had to be right at any number of seeds (issue 20): a stage
+    was "decided" when every interval excluded 0 on either side, at one seed too, and one
+    seed had a P(better). Today one seed decides nothing and says no P(better), and a
+    decision needs every interval on the winner's side: an old "decided" that fails either
+    is withdrawn (the rest keep their old, bootstrap intervals until the stage is judged
+    again by the next `study run` that trains in it)."""
+    lower = raw.get("selection") == "val_loss"
+    for stage in raw.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        comparisons = [c for c in stage.get("comparisons") or [] if isinstance(c, dict)]
+        for c in comparisons:
+            if (c.get("seeds") or 0) <= 1:
+                c["prob_better"] = None
+
+        def winner_side(c: Raw) -> bool:
+            ci = c.get("ci95")
+            if not (isinstance(ci, list) and len(ci) == 2 and (c.get("seeds") or 0) >= 2):
+                return False
+            lo, hi = ci
+            return isinstance(lo, int | float) and isinstance(hi, int | float) and (
+                hi < 0 if lower else lo > 0)  # fmt: skip
+
+        if stage.get("decided"):
+            stage["decided"] = bool(comparisons) and all(winner_side(c) for c in comparisons)
+    return raw
+
+
 # kind -> {version: the function that upgrades a dict of that version to the next};
 # a version without an entry changed nothing that reading needs (only the key was added)
 MIGRATIONS: dict[str, dict[int, Callable[[Raw], Raw]]] = {
-    "state": {0: state_0_to_1},
+    "state": {0: state_0_to_1, 1: state_1_to_2},
 }
 
 

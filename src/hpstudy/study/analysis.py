@@ -25,7 +25,7 @@ from pydantic import Field
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.run import MetricRow, RunDir, RunStatus, Summary
-from hpstudy.study.compare import reproduction_interval
+from hpstudy.study.compare import reproduction
 from hpstudy.study.kinds import StageKind, find_kind
 from hpstudy.study.select import summarise
 from hpstudy.study.spec import ReportSpec, Selection, format_value
@@ -48,7 +48,13 @@ from hpstudy.study.state import (
 
 # the final configuration's fields the report lists (the published study's levers, for now)
 FINAL_CONFIG_SHOWN = ("lr", "schedule", "weight_decay", "mixup_alpha", "epochs")
-Verdict = Literal["consistent", "not", "cannot tell", "not measured"]
+# a published number against the measured runs: equivalent within the margin (TOST), inside
+# or outside the 95 % prediction interval for one new run, one seed, nothing measured
+Verdict = Literal[
+    "consistent", "inside the prediction interval", "outside", "cannot tell", "not measured"
+]
+# the metrics a published value is tested for equivalence on (the margin is in accuracy)
+ACCURACIES = ("val_acc", "train_acc")
 
 
 # ---------------------------------------------------------------- the record
@@ -145,6 +151,8 @@ class StageResult(Record):
     verdict: str | None
     comparisons: list[Comparison]
     decided: bool
+    looks: int  # how often the stage was judged at two seeds or more (--until-decided)
+    alpha_spent: float  # the error rate those looks spent
     journal: str | None  # an optuna stage's journal, relative to the study folder
     optuna_study: str | None
     explains: ExplainFigure | None = None
@@ -160,7 +168,10 @@ class FinalAnalysis(Record):
     test_loss: Stat
     published_top1: float | None
     published_loss: str | None
-    published_inside: bool | None  # the published top-1 lies inside the test interval
+    # the published top-1 against a new run's test top-1 (as the reproduction table says)
+    published_verdict: Verdict | None
+    prediction: list[float] | None  # the 95 % prediction interval for one new run's top-1
+    equivalence_margin: float
     most_test_evaluations: int  # the most any final run met the test split (its ledger)
     superclass: dict[str, Stat | None]  # test top-1 per coarse label over the final runs
     device: str
@@ -538,6 +549,8 @@ def stage_result(
         verdict=stage.verdict,
         comparisons=stage.comparisons,
         decided=stage.decided,
+        looks=stage.looks,
+        alpha_spent=stage.alpha_spent,
         journal=stage.journal,
         optuna_study=stage.optuna_study,
         explains=explainer.figure(stage, runs_of) if explainer else None,
@@ -553,9 +566,9 @@ def final_analysis(state: StudyState) -> FinalAnalysis | None:
     if final is None:
         return None
     t, published = final.test_top1, spec.published_test_top1
-    inside = None
-    if t.ci95 is not None and published is not None:
-        inside = t.ci95[0] <= published <= t.ci95[1]
+    verdict, prediction = None, None
+    if published is not None:
+        verdict, prediction = test_verdict(state, published)
     per_run = [r.test.superclass_top1 for r in final.runs]
     names = list(per_run[0]) if per_run else []
     return FinalAnalysis(
@@ -567,28 +580,35 @@ def final_analysis(state: StudyState) -> FinalAnalysis | None:
         test_loss=final.test_loss,
         published_top1=published,
         published_loss=spec.published_test_loss,
-        published_inside=inside,
+        published_verdict=verdict,
+        prediction=prediction,
+        equivalence_margin=spec.equivalence_margin,
         most_test_evaluations=max((r.test_evaluations for r in final.runs), default=0),
         superclass={n: summarise([acc[n] for acc in per_run if n in acc]) for n in names},
         device=final.device,
     )
 
 
-def reproduction_rows(state: StudyState, runs_of: RunsOf) -> list[ReproductionRow]:
-    """Every published number beside the measured one, its interval, and whether the
-    published number lies inside it ("consistent") or not."""
-    rows: list[ReproductionRow] = []
+def test_verdict(state: StudyState, published: float) -> tuple[Verdict, list[float] | None]:
+    """The published test top-1 against the final runs' (one run: cannot tell), and the
+    prediction interval for one new run it was judged on (None at one run)."""
+    assert state.final is not None
+    values = [r.test.top1 for r in state.final.runs]
+    verdict, ci, _ = reproduction(values, published, state.report.equivalence_margin)
+    return verdict, list(ci) if ci is not None and len(values) > 1 else None  # type: ignore[return-value]
 
-    def add(what: str, published: float, measured: float | None,
-            ci: tuple[float, float] | None, how: str) -> None:  # fmt: skip
-        verdict: Verdict
-        if ci is None:
-            verdict = "cannot tell" if measured is not None else "not measured"
-        else:
-            verdict = "consistent" if ci[0] <= published <= ci[1] else "not"
+
+def reproduction_rows(state: StudyState, runs_of: RunsOf) -> list[ReproductionRow]:
+    """Every published number beside the measured one, the interval it was judged on, and
+    the verdict (`hpstudy.study.compare.reproduction`)."""
+    rows: list[ReproductionRow] = []
+    margin = state.report.equivalence_margin
+
+    def add(what: str, published: float, measured: float | None, verdict: str,
+            ci: tuple[float, float] | list[float] | None, how: str) -> None:  # fmt: skip
         rows.append(ReproductionRow(what=what, published=published, measured=measured,
                                     ci95=list(ci) if ci else None, interval=how,
-                                    verdict=verdict))  # fmt: skip
+                                    verdict=verdict))  # type: ignore[arg-type]  # fmt: skip
 
     val_images = state.data.val_size
     for stage in state.stages:
@@ -604,15 +624,24 @@ def reproduction_rows(state: StudyState, runs_of: RunsOf) -> list[ReproductionRo
                 if metric == "val_acc" and values:
                     images = min((r.config.limit_val or val_images) if r.config else val_images
                                  for r in runs)  # fmt: skip
-                ci, how = reproduction_interval(values, images)
+                verdict, ci, how = reproduction(
+                    values, published, margin if metric in ACCURACIES else None, images
+                )
                 add(f"{stage.name}: {setting.label} {metric}", published,
-                    stat.mean if stat else None, ci, how)  # fmt: skip
+                    stat.mean if stat else None, verdict, ci, how)  # fmt: skip
     published_top1 = state.report.published_test_top1
     if published_top1 is not None:
         t = state.final.test_top1 if state.final else None
-        ci = (t.ci95[0], t.ci95[1]) if t and t.ci95 else None
-        add("test top-1", published_top1, t.mean if t else None, ci,
-            (t.interval or "") if t else "")  # fmt: skip
+        if state.final is None or t is None:
+            add("test top-1", published_top1, None, "not measured", None, "")
+        else:
+            verdict, prediction = test_verdict(state, published_top1)
+            if prediction is None:  # one run: that run's interval over the test images
+                how = f"one run, {t.interval or 'no interval'} (seed noise not measured)"
+                add("test top-1", published_top1, t.mean, verdict, t.ci95, how)
+            else:
+                how = f"95 % prediction interval for one new run ({t.n} runs)"
+                add("test top-1", published_top1, t.mean, verdict, prediction, how)
     return rows
 
 
@@ -728,5 +757,6 @@ __all__ = [
     "RunResult",
     "SettingResult",
     "StageResult",
+    "Verdict",
     "analyse",
 ]

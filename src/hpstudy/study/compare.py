@@ -3,19 +3,26 @@
 Pure functions on numpy arrays. An outcome array holds one value per validation
 (or test) image for one seed: 1.0/0.0 for a right/wrong prediction, or the
 image's loss. Settings are paired by seed (same seed, same split, same images),
-so a difference is taken image by image before anything is resampled.
+so a difference is taken image by image, and a seed's difference is its mean.
 
-- One seed: the interval is a bootstrap over images; the p-value is the exact
-  McNemar test on the discordant images (for correctness) or a paired t-test on
-  the per-image differences (for losses).
-- Several seeds: a two-level bootstrap (resample seeds, then images within each
-  resampled seed) gives the interval of the mean difference and the probability
-  that the winner beats the setting on a new seed; Welch's t-test on the seed
-  means sits beside it.
+What each interval is about (its estimand):
+- Two or more seeds: `ci95` is the paired t-interval on the per-seed differences
+  (scipy's `ttest_1samp(d, 0).confidence_interval()`), `p_value` that paired t-test:
+  the difference a new seed would average to, on these validation images (with
+  `split_follows_seed`, on new images too: each seed draws its own split).
+  `images_ci95` beside it is a bootstrap over the validation images only: what new
+  images would do to these trained models. `prob_better` is the share of seeds the
+  winner wins, with an exact (Clopper-Pearson) interval over seeds.
+- One seed: seed noise is not measured. The interval is a bootstrap over these
+  validation images for this seed, the p-value the exact McNemar test (a paired
+  t-test on per-image losses for a loss); nothing is decided, `prob_better` is None.
 
-The bootstrap uses a fixed generator seed and count, so a report repeats. scipy.stats is
-imported inside the functions that use it: it costs every process that imports this module
-(each `study run`, SLURM job and Ray task) over a second of start-up otherwise.
+The statistics the simulations in tests/test_verdicts.py check are vectorised over any
+leading axes (the last axis is seeds), so the suite tries them on many thousands of
+simulated studies at once. The bootstrap uses a fixed generator seed and count, so a
+report repeats. scipy.stats is imported inside the functions that use it: it costs every
+process that imports this module (each `study run`, SLURM job and Ray task) over a second
+of start-up otherwise.
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20210301  # fixed: the same outcomes give the same intervals every time
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE  # a stage's (and each look's budget's) error rate, two-sided
 # image resamples are drawn in blocks of at most this many indices (memory, not results)
 GATHER_BLOCK = 4_000_000
 # outcomes with at most this many distinct values are resampled as multinomial counts
 FEW_VALUES = 8
+ONE_SEED = "these validation images, this seed: seed noise is not measured (--seeds 3 measures it)"
 
 
 @dataclass(frozen=True)
@@ -39,11 +48,14 @@ class Difference:
     """Winner minus setting, in the metric's units, over `seeds` paired seeds."""
 
     difference: float
-    ci95: tuple[float, float]
+    ci95: tuple[float, float] | None  # None: the per-seed differences do not vary
     p_value: float | None
-    prob_better: float  # P(the winner beats the setting on a new seed); ties count half
+    prob_better: float | None  # share of seeds the winner wins (ties half); None at one seed
     test: str
     seeds: int
+    images_ci95: tuple[float, float] | None = None  # new images for these trained models
+    prob_better_ci95: tuple[float, float] | None = None  # exact interval over seeds
+    per_seed: tuple[float, ...] = ()  # the paired per-seed differences
 
 
 def as_matrix(outcomes: list[np.ndarray]) -> np.ndarray:
@@ -57,13 +69,19 @@ def as_matrix(outcomes: list[np.ndarray]) -> np.ndarray:
 
 
 def seed_draws(
-    values: np.ndarray, rng: np.random.Generator, resamples: int = BOOTSTRAP_RESAMPLES
+    values: np.ndarray,
+    rng: np.random.Generator,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    resample_seeds: bool = True,
 ) -> np.ndarray:
-    """Two-level bootstrap of a seeds × images matrix: for each resample, seeds drawn with
-    replacement, then images drawn with replacement within each drawn seed. Returns the
-    resampled per-seed means, resamples × seeds (column j is the j-th drawn seed)."""
+    """Bootstrap of a seeds × images matrix: for each resample, seeds drawn with replacement
+    (kept as they are with `resample_seeds=False`), then images drawn with replacement within
+    each seed. Returns the resampled per-seed means, resamples × seeds."""
     n_seeds, n_images = values.shape
-    picked = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    if resample_seeds:
+        picked = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    else:
+        picked = np.broadcast_to(np.arange(n_seeds), (resamples, n_seeds))
     levels, codes = np.unique(values, return_inverse=True)
     codes = codes.reshape(values.shape)
     if len(levels) <= FEW_VALUES:
@@ -108,6 +126,122 @@ def finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+# ---------------------------------------------------------------- over seeds (vectorised)
+
+
+def t_interval(
+    d: np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The t-interval of the mean of the last axis and its two-sided p-value against 0
+    (scipy's ttest_1samp), for every leading index at once. NaN where the values do not
+    vary (the interval would claim a certainty it has not earned)."""
+    from scipy import stats
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        test = stats.ttest_1samp(np.asarray(d, dtype=np.float64), 0, axis=-1)
+        ci = test.confidence_interval(confidence_level=confidence)
+    flat = np.ptp(d, axis=-1) == 0
+    lo, hi, p = (np.where(flat, np.nan, x) for x in (ci.low, ci.high, test.pvalue))
+    return lo, hi, p
+
+
+def decision_confidence(comparisons: int, alpha: float = ALPHA) -> float:
+    """The confidence of the interval a stage is decided on: Bonferroni over the winner's
+    k−1 comparisons (each two-sided at α/(k−1)). With the winner picked on the same data,
+    "every interval on the winner's side" is then a false decision at most α of the time
+    when the settings are equal, whichever of them is picked."""
+    return 1 - alpha / max(comparisons, 1)
+
+
+def on_winner_side(lo: np.ndarray, hi: np.ndarray, lower_is_better: bool) -> np.ndarray:
+    """The interval lies wholly where the winner is better (NaN: not)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(hi < 0) if lower_is_better else np.asarray(lo > 0)
+
+
+def decides(d: np.ndarray, alpha: float = ALPHA, lower_is_better: bool = False) -> np.ndarray:
+    """Whether stages are decided: `d` holds, per stage, the winner minus each of the k−1
+    other settings per seed (..., k−1, seeds). Never at one seed."""
+    if d.shape[-1] < 2:
+        return np.zeros(d.shape[:-2], dtype=bool)
+    lo, hi, _ = t_interval(d, decision_confidence(d.shape[-2], alpha))
+    return np.all(on_winner_side(lo, hi, lower_is_better), axis=-1)
+
+
+def prediction_interval(
+    values: np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where one new run of the recipe falls (last axis: per-seed values, two or more):
+    mean ± t(S−1) · s · √(1 + 1/S)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    n = x.shape[-1]
+    t = stats.t.ppf(1 - (1 - confidence) / 2, n - 1)
+    half = t * x.std(axis=-1, ddof=1) * math.sqrt(1 + 1 / n)
+    mean = x.mean(axis=-1)
+    return mean - half, mean + half
+
+
+def equivalent(
+    values: np.ndarray, published: float | np.ndarray, margin: float, alpha: float = ALPHA
+) -> np.ndarray:
+    """TOST: a new run of the recipe and the published number differ by less than `margin`
+    (both one-sided tests at α, on one new run: s · √(1 + 1/S))."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    n = x.shape[-1]
+    half = stats.t.ppf(1 - alpha, n - 1) * x.std(axis=-1, ddof=1) * math.sqrt(1 + 1 / n)
+    gap = published - x.mean(axis=-1)
+    return (gap - half > -margin) & (gap + half < margin)
+
+
+def reproduction(
+    values: list[float], published: float, margin: float | None, images: int | None = None
+) -> tuple[str, tuple[float, float] | None, str]:
+    """A published number against per-seed values: (verdict, interval shown, how it was made).
+    Two or more seeds: "consistent" (TOST within `margin`; None: no margin for this metric),
+    else "inside the prediction interval" or "outside" its 95 % prediction interval for one
+    new run. One seed: "cannot tell" (seed noise unmeasured); an accuracy (a proportion of
+    `images`) shows that run's Wilson interval over these images."""
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return "not measured", None, ""
+    if x.size == 1:
+        if images is None:
+            return "cannot tell", None, "one seed: no interval"
+        return "cannot tell", wilson(round(float(x[0]) * images), images), (
+            "one run, Wilson over these images (seed noise not measured)")  # fmt: skip
+    if np.ptp(x) == 0:
+        return "cannot tell", None, "the seeds' values do not vary"
+    lo, hi = (float(v) for v in prediction_interval(x))
+    how = f"95 % prediction interval for one new run ({x.size} seeds)"
+    if margin is not None and bool(equivalent(x, published, margin)):
+        return "consistent", (lo, hi), how
+    return ("inside the prediction interval" if lo <= published <= hi else "outside"), (lo, hi), how
+
+
+def share_better(d: np.ndarray, lower_is_better: bool = False) -> np.ndarray:
+    """The share of seeds (last axis) the winner wins, a tie counting half."""
+    signed = -np.asarray(d) if lower_is_better else np.asarray(d)
+    return (np.sum(signed > 0, axis=-1) + 0.5 * np.sum(signed == 0, axis=-1)) / signed.shape[-1]
+
+
+def share_interval(wins: int, decisive: int) -> tuple[float, float] | None:
+    """The exact (Clopper-Pearson) 95 % interval of P(the winner wins a new seed) from `wins`
+    of `decisive` seeds (ties left out); None without a decisive seed."""
+    from scipy import stats
+
+    if decisive == 0:
+        return None
+    ci = stats.binomtest(wins, decisive).proportion_ci(confidence_level=CONFIDENCE, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+# ---------------------------------------------------------------- one comparison
+
+
 def compare(
     winner: list[np.ndarray],
     setting: list[np.ndarray],
@@ -126,33 +260,46 @@ def compare(
     if w.shape != s.shape:
         raise ValueError(f"winner {w.shape} and setting {s.shape} are not paired")
     rng = np.random.default_rng(seed)
-    per_seed = seed_draws(w - s, rng, resamples)
-    difference = float((w.mean(axis=1) - s.mean(axis=1)).mean())
-    single = per_seed[:, 0]  # one drawn seed: the difference a new seed would show
-    sign = -1.0 if lower_is_better else 1.0
-    prob = float(np.mean(sign * single > 0) + 0.5 * np.mean(single == 0))
+    d = w.mean(axis=1) - s.mean(axis=1)  # per seed
+    # new validation images for these trained models: images resampled, seeds kept
+    kept = seed_draws(w - s, rng, resamples, resample_seeds=False)
+    images = percentile_interval(kept.mean(axis=1))
     n_seeds = w.shape[0]
     if n_seeds == 1:
         if correctness:
             p_value: float | None = mcnemar(w[0] > 0.5, s[0] > 0.5)
-            test = "exact McNemar on the validation images; bootstrap over images"
+            test = f"exact McNemar and a bootstrap over images: {ONE_SEED}"
         else:
             diff = w[0] - s[0]
             p_value = None if np.all(diff == diff[0]) else stats.ttest_1samp(diff, 0).pvalue
-            test = "paired t-test on per-image losses; bootstrap over images"
-    else:
-        a, b = w.mean(axis=1), s.mean(axis=1)
-        p_value = None
-        if np.ptp(a) > 0 or np.ptp(b) > 0:
-            p_value = stats.ttest_ind(a, b, equal_var=False).pvalue
-        test = "two-level bootstrap (seeds, then images); Welch's t-test on seed means"
+            test = f"paired t-test on per-image losses and a bootstrap over images: {ONE_SEED}"
+        return Difference(
+            difference=float(d[0]), ci95=images,
+            p_value=finite_or_none(p_value) if p_value is not None else None,
+            prob_better=None, test=test, seeds=1, images_ci95=images, per_seed=(float(d[0]),),
+        )  # fmt: skip
+    lo, hi, p = t_interval(d)
+    signed = -d if lower_is_better else d
+    wins, ties = int(np.sum(signed > 0)), int(np.sum(signed == 0))
+    test = "paired t over seeds (new seeds, these images); bootstrap over images beside it"
+    ci95: tuple[float, float] | None = (float(lo), float(hi))
+    if not math.isfinite(lo):
+        # the per-seed differences do not vary: identical runs (all 0) are not told apart;
+        # a constant non-zero difference gives a t-interval no width to claim
+        ci95 = (0.0, 0.0) if d[0] == 0 else None
+        test = ("none: " if ci95 is None else "") + (
+            f"paired t over seeds: the per-seed differences are all {d[0]:+.4f}, so no "
+            "interval is claimed")  # fmt: skip
     return Difference(
-        difference=difference,
-        ci95=percentile_interval(per_seed.mean(axis=1)),
-        p_value=finite_or_none(p_value) if p_value is not None else None,
-        prob_better=prob,
+        difference=float(d.mean()),
+        ci95=ci95,
+        p_value=finite_or_none(float(p)),
+        prob_better=float(share_better(d, lower_is_better)),
         test=test,
         seeds=n_seeds,
+        images_ci95=images,
+        prob_better_ci95=share_interval(wins, n_seeds - ties),
+        per_seed=tuple(float(x) for x in d),
     )
 
 
@@ -164,40 +311,27 @@ def wilson(right: int, total: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def accuracy_interval(
-    correct: list[np.ndarray], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> tuple[tuple[float, float], str]:
-    """The 95 % interval of the mean accuracy over seeds, and how it was made: Wilson for
-    one run, the two-level bootstrap (seeds, then images) for several."""
+def accuracy_interval(correct: list[np.ndarray]) -> tuple[tuple[float, float] | None, str]:
+    """The 95 % interval of the mean accuracy, and how it was made: Wilson over the images
+    for one run (these images, this seed); the t-interval over the runs' accuracies for
+    several (new seeds, these images); None where the runs' accuracies do not vary."""
     values = as_matrix(correct)
     if values.shape[0] == 1:
-        return wilson(int(values[0].sum()), values.shape[1]), "Wilson"
-    draws = seed_draws(values, np.random.default_rng(seed), resamples).mean(axis=1)
-    return percentile_interval(draws), "two-level bootstrap (seeds, then images)"
+        return wilson(int(values[0].sum()), values.shape[1]), "Wilson over these images, one run"
+    ci = seed_mean_interval(list(values.mean(axis=1)))
+    if ci is None:
+        return None, "none: the runs' accuracies do not vary"
+    return ci, "t-interval over runs"
 
 
 def seed_mean_interval(values: list[float]) -> tuple[float, float] | None:
     """The t-interval of the mean over seeds (seed noise only); None below two seeds or
     for values that do not vary (the interval would claim a certainty it has not earned)."""
-    from scipy import stats
-
     x = np.asarray(values, dtype=np.float64)
     if x.size < 2 or not np.all(np.isfinite(x)) or np.ptp(x) == 0:
         return None
-    ci = stats.ttest_1samp(x, 0).confidence_interval(confidence_level=CONFIDENCE)
-    return float(ci.low), float(ci.high)
-
-
-def reproduction_interval(
-    values: list[float], images: int | None = None
-) -> tuple[tuple[float, float] | None, str]:
-    """The 95 % interval a published number is checked against, and how it was made: the
-    t-interval of the mean over seeds; for one seed's accuracy (a proportion of `images`
-    validation images), Wilson. None where neither applies (one seed of a loss)."""
-    ci = seed_mean_interval(values)
-    if ci is None and len(values) == 1 and images is not None:
-        return wilson(round(values[0] * images), images), "Wilson over validation images"
-    return ci, "t-interval over seeds"
+    lo, hi, _ = t_interval(x)
+    return float(lo), float(hi)
 
 
 def excludes_zero(ci95: tuple[float, float] | list[float]) -> bool:
@@ -206,16 +340,26 @@ def excludes_zero(ci95: tuple[float, float] | list[float]) -> bool:
 
 
 __all__ = [
+    "ALPHA",
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "CONFIDENCE",
+    "ONE_SEED",
     "Difference",
     "accuracy_interval",
     "compare",
+    "decides",
+    "decision_confidence",
+    "equivalent",
     "excludes_zero",
     "mcnemar",
-    "reproduction_interval",
+    "on_winner_side",
+    "prediction_interval",
+    "reproduction",
     "seed_draws",
     "seed_mean_interval",
+    "share_better",
+    "share_interval",
+    "t_interval",
     "wilson",
 ]

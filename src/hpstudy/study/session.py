@@ -24,7 +24,7 @@ from hpstudy.executors import DataOptions, Executor, Job
 from hpstudy.progress import StudyDisplay, show_progress, study_display, style
 from hpstudy.run import RunDir, RunStatus
 from hpstudy.study import remote
-from hpstudy.study.compare import accuracy_interval
+from hpstudy.study.compare import ALPHA, accuracy_interval
 from hpstudy.study.cost import (
     Speed,
     StudyCost,
@@ -35,7 +35,7 @@ from hpstudy.study.cost import (
 )
 from hpstudy.study.plan import Plan
 from hpstudy.study.search import needs_training
-from hpstudy.study.select import judge, select, summarise
+from hpstudy.study.select import SeedScores, judge, select, summarise
 from hpstudy.study.spec import StudyConfig
 from hpstudy.study.state import (
     METRICS,
@@ -176,6 +176,9 @@ class StudySession:
         seed at a time (for every setting) while no interval decides it."""
         stage = self.study.stages[k]
         seeds = list(self.study.seeds)
+        # every look at two seeds or more spends its share of α (none is decided before)
+        alpha = ALPHA / planned_looks(len(seeds), self.until_decided)
+        looks = 0
         while True:
             # a stage grown by a seed is expanded again: its own runs are not "reused"
             seen_here = set(self.seen)
@@ -191,7 +194,8 @@ class StudySession:
             )
             self.executor.run(jobs)
             self.count_remote_progress()
-            chosen = self.judge(k)
+            looks += len(seeds) >= 2
+            chosen = self.judge(k, alpha, looks)
             grow = self.until_decided is not None and len(seeds) < self.until_decided
             if chosen.decided or not grow:
                 break
@@ -222,20 +226,39 @@ class StudySession:
         self.count_remote_progress()
         return self.judge(k)
 
-    def judge(self, k: int) -> StageState:
-        """Stage k's winner chosen, then compared with every other setting, written; a
-        stage without a usable run stops the study."""
+    def judge(self, k: int, alpha: float = ALPHA, looks: int | None = None) -> StageState:
+        """Stage k's winner chosen, then compared with every other setting at the error rate
+        `alpha` of this look (the `looks`-th at two seeds or more), written; a stage without
+        a usable run stops the study."""
         self.refresh()
-        chosen = select(self.current.stages[k], self.study.selection)
+        stage = self.current.stages[k]
+        chosen = select(stage, self.study.selection, self.seed_scores(stage))
         if chosen.winner is not None:
-            chosen = self.compare(chosen)
+            chosen = self.compare(chosen, alpha)
+        if looks is None:
+            looks = int(any(c.seeds >= 2 for c in chosen.comparisons))
+        chosen = chosen.model_copy(update={"looks": looks, "alpha_spent": looks * alpha})
         self.put(k, chosen)
         self.folder.write_state(self.current)
         if chosen.winner is None:
             raise no_usable_run(chosen)
         return chosen
 
-    def compare(self, stage: StageState) -> StageState:
+    def seed_scores(self, stage: StageState) -> list[SeedScores]:
+        """Each setting's selection metric by finished seed, from its runs' summaries."""
+        scores: list[SeedScores] = []
+        for setting in stage.settings:
+            mine: SeedScores = {}
+            for run in setting.runs:
+                summary = RunDir(self.folder.path / run.run_dir).read_summary()
+                if run.status == RunStatus.FINISHED and summary and summary.final:
+                    value = summary.final.get(self.study.selection)
+                    if value is not None:
+                        mine[run.seed] = value
+            scores.append(mine)
+        return scores
+
+    def compare(self, stage: StageState, alpha: float = ALPHA) -> StageState:
         """The stage judged on its runs' per-image validation outcomes (read where the data is)."""
         run_dirs = [
             [(r.seed, str((self.folder.path / r.run_dir).resolve())) for r in setting.runs
@@ -243,7 +266,7 @@ class StudySession:
             for setting in stage.settings
         ]  # fmt: skip
         outcomes = self.executor.call(remote.validation_outcomes, run_dirs, self.data)
-        return judge(stage, outcomes, self.study.selection)
+        return judge(stage, outcomes, self.study.selection, alpha)
 
     # ------------------------------------------------------------ the state
 
@@ -313,7 +336,7 @@ class StudySession:
         top1 = TestTop1(**stat("top1").model_dump())
         if correct and all(c is not None for c in correct):
             ci95, how = accuracy_interval(correct)
-            top1 = top1.model_copy(update={"ci95": list(ci95), "interval": how})
+            top1 = top1.model_copy(update={"ci95": list(ci95) if ci95 else None, "interval": how})
         elif correct:
             top1 = top1.model_copy(update={"interval": "none: a final run keeps no test "
                                            "predictions (evaluated before hpstudy kept them)"})
@@ -405,6 +428,15 @@ def refresh(folder: StudyFolder, state: StudyState) -> None:
                     finals.append(summary.final)
             stats = {m: summarise([f[m] for f in finals]) for m in METRICS}
             setting.final = {m: s for m, s in stats.items() if s is not None} or None
+
+
+def planned_looks(initial_seeds: int, until_decided: int | None) -> int:
+    """How often a fixed stage may be judged at two seeds or more: once, or with
+    --until-decided N at every seed count from max(initial, 2) to N (α is split evenly
+    among them: Bonferroni over the looks, so growing the seeds keeps the error at α)."""
+    if until_decided is None:
+        return 1
+    return max(until_decided - max(initial_seeds, 2) + 1, 1)
 
 
 def published_index(published_winner: str | None, stage: StageState) -> int | None:

@@ -97,6 +97,10 @@ class ReportSpec(BaseModel):
     published_test_loss: str | None = None  # printed as given, beside the measured loss
     notes: list[str] = []  # paragraphs under the title
     figures: ReportFigures = ReportFigures()
+    # a published accuracy within this of a new run's (TOST) is "consistent"
+    # (top-1 as a fraction: 0.01 is one point; the run-to-run std of a full CIFAR-100 run
+    # is about 0.3-1 point, so a smaller margin could rarely be shown)
+    equivalence_margin: float = Field(0.01, gt=0, le=1)
 
 
 class StudyConfig(BaseModel):

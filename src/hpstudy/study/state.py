@@ -63,9 +63,15 @@ class Comparison(Record):
     """The stage's winner against one other setting, in the selection metric.
 
     `difference` is winner minus setting (positive favours the winner for val_acc, negative
-    for val_loss); `ci95` its 95 % interval; `prob_better` the probability that the winner
-    beats the setting on a new seed (at one seed: on a new draw of the validation images).
-    Without per-image predictions every number is None and `test` says why.
+    for val_loss) over the seeds both finished. Two or more seeds: `ci95` is the paired
+    t-interval on the per-seed differences (new seeds, these validation images) and
+    `p_value` that paired t-test; `prob_better` the share of seeds the winner wins (ties
+    half, a seed the other diverged or failed on a win) with its exact interval. One seed:
+    `ci95` is about these validation images and this seed only (seed noise unmeasured) and
+    `prob_better` is None. `images_ci95` is a bootstrap over the validation images alone
+    (new images for these trained models); `decision_ci` the interval the stage is decided
+    on (Bonferroni over the k−1 comparisons and the looks of --until-decided). Without
+    per-image predictions every number is None and `test` says why.
     """
 
     setting: str
@@ -75,6 +81,11 @@ class Comparison(Record):
     prob_better: float | None
     test: str
     seeds: int = 0  # paired seeds the comparison rests on
+    images_ci95: list[float] | None = None
+    prob_better_ci95: list[float] | None = None
+    decision_ci: list[float] | None = None
+    setting_lost: int = 0  # seeds the setting diverged or failed on and the winner finished
+    winner_lost: int = 0  # seeds the winner diverged or failed on and the setting finished
 
 
 class StageState(Record):
@@ -95,7 +106,11 @@ class StageState(Record):
     journal: str | None = None  # an optuna stage's journal, relative to the study folder
     optuna_study: str | None = None  # its study's name in that journal
     comparisons: list[Comparison] = []  # the winner against every other usable setting
-    decided: bool = False  # every comparison's interval excludes 0
+    # every comparison's decision interval lies on the winner's side (two seeds or more)
+    decided: bool = False
+    ranked_on: list[int] | None = None  # the seeds the winner was ranked on (every setting's)
+    looks: int = 0  # how often --until-decided judged the stage (each look spends α)
+    alpha_spent: float = 0.0  # the error rate those looks spent, of ALPHA
     carried: int | None = None  # the setting later stages start from (None: the winner)
 
 
@@ -135,7 +150,7 @@ class TestTop1(Stat):
     """Test top-1 over seeds with its 95 % interval (None where predictions are missing)."""
 
     ci95: list[float] | None = None
-    interval: str | None = None  # how the interval was made (Wilson, two-level bootstrap)
+    interval: str | None = None  # how the interval was made (Wilson, t-interval over runs)
 
 
 class FinalResult(Record):

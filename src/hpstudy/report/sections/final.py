@@ -23,21 +23,37 @@ CSV_HEADER = ["run_hash", "seed", "test_loss", "test_top1", "test_top5", "test_e
 
 
 def interval_sentence(final: FinalAnalysis, budget: str) -> str:
-    """How the test interval was made and whether the published test top-1 lies inside it."""
+    """How the test interval was made, and the published test top-1 judged by the rule of the
+    reproduction table: equivalent within the margin (TOST), else inside or outside the 95 %
+    prediction interval for one new run; at one run, cannot tell."""
     t, published = final.test_top1, final.published_top1
     if t.ci95 is None:
         why = (t.interval or "").removeprefix("none: ") or "no per-image test outcomes"
-        return f"No interval for the test top-1: {text(why)}."
-    how = f"{text(t.interval or 'interval')}, {plural(t.n, 'run')}"
-    sentence = f"The 95 % interval of the test top-1 ({how}) is {fmt_interval(t.ci95)}."
-    if published is not None:
-        inside = final.published_inside
-        sentence += (
-            f" The published {published:g} lies **{'inside' if inside else 'outside'}** it"
-            + (": consistent with the published result." if inside else ".")
-        )
-        if budget != "full":
-            sentence += f" (Budget `{budget}`: the published number is a full-budget one.)"
+        sentence = f"No interval for the test top-1: {text(why)}."
+    else:
+        how = f"{text(t.interval or 'interval')}, {plural(t.n, 'run')}"
+        about = ("these test images and this seed only" if t.n == 1
+                 else "the mean of new seeds, on these test images")  # fmt: skip
+        sentence = (f"The 95 % interval of the test top-1 ({how}) is {fmt_interval(t.ci95)}: "
+                    f"it is about {about}.")  # fmt: skip
+    if published is None or final.published_verdict is None:
+        return sentence
+    verdict, margin = final.published_verdict, final.equivalence_margin
+    if verdict in ("cannot tell", "not measured"):
+        why = ("at one run (seed noise is not measured; `--seeds 3` measures it)" if t.n == 1
+               else "the final runs' test top-1 do not vary" if t.n > 1 else "no final run")
+        sentence += f" Against the published {published:g}: **{verdict}**, {why}."
+    else:
+        pi = f"the 95 % prediction interval for one new run {fmt_interval(final.prediction)}"
+        words = {
+            "consistent": f"**consistent**: equivalent within ±{margin:g} (TOST), inside {pi}",
+            "inside the prediction interval": f"**inside** {pi}, but not shown equivalent "
+                                              f"within ±{margin:g} (TOST)",
+            "outside": f"**outside** {pi}",
+        }.get(verdict, verdict)
+        sentence += f" The published {published:g} is {words}."
+    if budget != "full":
+        sentence += f" (Budget `{budget}`: the published number is a full-budget one.)"
     return sentence
 
 

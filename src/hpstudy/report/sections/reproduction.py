@@ -1,5 +1,6 @@
-"""Reproduction: every number the published study printed beside the measured one, its 95 %
-interval and the analysis' verdict (consistent, not, cannot tell, not measured)."""
+"""Reproduction: every number the published study printed beside the measured one, the interval
+it is judged on and the analysis' verdict (consistent, inside the prediction interval, outside,
+cannot tell, not measured)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hpstudy.report.blocks import FigureNumbers, Heading, NamedTable, Para, Rend
 from hpstudy.report.text import cell, fmt_interval, num, sig3, text
 from hpstudy.study.analysis import Analysis
 
-HEADER = ["what", "published", "measured", "95 % interval", "verdict"]
+HEADER = ["what", "published", "measured", "95 % interval (see below)", "verdict"]
 CSV_HEADER = ["what", "published", "measured", "ci95_lo", "ci95_hi", "interval", "verdict"]
 
 
@@ -28,11 +29,16 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
     blocks = [
         Heading("Reproduction"),
         Para(
-            "Every number the published study printed beside the measured one. "
-            "*consistent*: the published number lies inside the measured 95 % interval "
-            "(t-interval over seeds; Wilson over the validation images for one seed's "
-            "accuracy; the test interval above); *cannot tell*: one seed gives no interval "
-            "for a loss or a train accuracy (add seeds)." + budget_note
+            "Every number the published study printed beside the measured one, taken as one "
+            "more run of the same recipe. At two seeds or more the interval is the 95 % "
+            "prediction interval for one new run (mean ± t·s·√(1 + 1/S) over the seeds): "
+            "*consistent*: equivalent within the margin "
+            f"±{a.report.equivalence_margin:g} (`[report] equivalence_margin`, two one-sided "
+            "tests at 5 %; accuracies only); *inside the prediction interval*: not told "
+            "apart, but not shown equivalent either; *outside*: not a run of this recipe, "
+            "95 % of the time. *cannot tell*: one seed does not measure seed noise (the "
+            "interval shown is that run's Wilson interval over these images; `--seeds 3` "
+            "measures it)." + budget_note
         ),
         Table(HEADER, rows),
     ]

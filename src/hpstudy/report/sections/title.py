@@ -42,6 +42,18 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
     return Rendered(blocks)
 
 
+# what each interval is about, and what the stages' decisions are not (issue 20)
+ESTIMAND = (
+    "What the intervals are about: a comparison's 95 % interval at two seeds or more is about "
+    "new seeds of training on these validation images (on new images too where each seed "
+    "draws its own split, `split_follows_seed`), and the interval over images beside it about "
+    "new validation images for these trained models; one seed measures only the latter. "
+    "Stages are greedy, so each stage's decision is conditional on the winners of the stages "
+    "before it, and there is no study-wide error control across the stages (each is decided "
+    "at 5 %, split among the comparisons with its winner and the looks of `--until-decided`)."
+)
+
+
 def overview(a: Analysis, numbers: FigureNumbers) -> Rendered:
     """The study's notes, how it runs, and what its budget means (after any failed runs)."""
     blocks: list[Block] = [Para(note) for note in a.report.notes]
@@ -68,6 +80,7 @@ def overview(a: Analysis, numbers: FigureNumbers) -> Rendered:
         f"{BETTER[a.selection]} mean `{a.selection}` at the final epoch, on the "
         "validation split."
     ))  # fmt: skip
+    blocks.append(Para(ESTIMAND))
     if a.budget in BUDGET_NOTES:
         blocks.append(Para(BUDGET_NOTES[a.budget]))
     if a.budget != "full" and a.has_published:
