@@ -44,6 +44,8 @@ from hpstudy.study.state import (
     StudyState,
     StudyStatus,
     TestTop1,
+    TestTouch,
+    tested_configs,
 )
 
 # the final configuration's fields the report lists (the published study's levers, for now)
@@ -162,6 +164,9 @@ class FinalAnalysis(Record):
     published_loss: str | None
     published_inside: bool | None  # the published top-1 lies inside the test interval
     most_test_evaluations: int  # the most any final run met the test split (its ledger)
+    config_hash: str | None  # the configuration reported (None: a state from before the ledger)
+    test_touches: list[TestTouch]  # every test evaluation made for the study (test_ledger.jsonl)
+    tested_configs: list[str]  # the distinct configurations among them, first touched first
     superclass: dict[str, Stat | None]  # test top-1 per coarse label over the final runs
     device: str
 
@@ -569,6 +574,9 @@ def final_analysis(state: StudyState) -> FinalAnalysis | None:
         published_loss=spec.published_test_loss,
         published_inside=inside,
         most_test_evaluations=max((r.test_evaluations for r in final.runs), default=0),
+        config_hash=final.config_hash,
+        test_touches=final.test_touches,
+        tested_configs=tested_configs(final.test_touches),
         superclass={n: summarise([acc[n] for acc in per_run if n in acc]) for n in names},
         device=final.device,
     )
