@@ -676,8 +676,15 @@ def analyse(study_dir: str | Path) -> Analysis:
     """The analysis of the study in `study_dir`, finished or not: state.json and each run
     folder it names, read once. A study folder without state.json is a user error."""
     path = Path(study_dir)
-    state = StudyFolder(path).read_state()
+    folder = StudyFolder(path)
+    state = folder.read_state()
     runs = read_runs(path, state)
+    if state.final is not None and folder.ledger_path.exists():
+        # the ledger is fresher than the state: a test evaluation made since (`hpstudy
+        # evaluate` on a run of the folder) is counted by the next `hpstudy report`
+        ledger = folder.read_ledger()
+        if len(ledger) > len(state.final.test_touches):
+            state.final = state.final.model_copy(update={"test_touches": ledger})
 
     def runs_of(setting: SettingState) -> list[RunRead]:
         return [runs[path / entry.run_dir] for entry in setting.runs]

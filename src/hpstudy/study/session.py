@@ -281,7 +281,7 @@ class StudySession:
             p = folder_progress(self.folder, self.current)
         except HpstudyError:
             return  # the bar is not the study: a folder that cannot say leaves it as it was
-        show_progress(p.runs_done, p.epochs_done)
+        show_progress(p.runs_done, p.epochs_done, p.seconds_per_epoch)
 
     # ------------------------------------------------------------ the test, once
 
@@ -347,9 +347,10 @@ class StudySession:
             return
         shown = ", ".join(others)
         logger.warning(
-            f"the final winner changed: the test split was already evaluated on "
-            f"{len(others)} other configuration{'s' if len(others) > 1 else ''} ({shown}); "
-            f"testing the new winner ({config_hash}) too: the report lists every test touch"
+            f"the final winner changed (or another run was tested by hand): the test split "
+            f"was already evaluated on {len(others)} other configuration"
+            f"{'s' if len(others) > 1 else ''} ({shown}); testing the final winner "
+            f"({config_hash}) too: the report lists every test touch"
         )
 
 
