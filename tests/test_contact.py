@@ -125,7 +125,6 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     assert first.load == 0.5 and first.spread >= 0 and first.hpstudy == hpstudy.__version__
     again = measure_speed(config)
     assert not again.measured_now and again.train_images_per_s == first.train_images_per_s
-    assert measure_speed(config, remeasure=True).measured_now  # --remeasure
     cache = tmp_path / "speed.json"
     entries = json.loads(cache.read_text())
     assert entries.pop("schema_version") == 1
@@ -155,8 +154,9 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     assert measure_speed(config).measured_now
     assert cached_speed(json.loads(cache.read_text())[key]) is not None
     monkeypatch.setattr(cost, "load_average", lambda: cores + 5.0)
-    busy = measure_speed(config, remeasure=True)
-    assert busy.load == cores + 5.0 and measure_speed(config).measured_now  # never reused
+    busy = measure_speed(config, remeasure=True)  # --remeasure: measured, cache or not
+    assert busy.measured_now and busy.load == cores + 5.0
+    assert cached_speed(json.loads(cache.read_text())[key]) is None  # never reused
     note = cost.speed_note(again)
     assert "cached per user in" in note and str(cache) in note and "load 0.5" in note
 
@@ -253,11 +253,12 @@ def test_plain_display_counts_and_never_draws(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err == ""
     # runs trained elsewhere: the epochs timed in their folders replace the prediction
     remote = progress.StudyDisplay(2, 4, 0, 0, seconds_per_epoch=10.0, live=False)
-    with progress.study_display(remote):
+    with progress.cli_logging(plain=True), progress.study_display(remote):
         progress.show_progress(1, 2, None)
         assert remote.seconds_left == pytest.approx(20.0)  # nothing timed yet: predicted
         progress.show_progress(1, 2, 3.0)
         assert remote.seconds_left == pytest.approx(6.0)
+    assert capsys.readouterr().err.splitlines()[-1] == "study: runs 1/2 · epochs 2/4 · 6 s left"
 
 
 # ---------------------------------------------------------------- show, list, init

@@ -667,7 +667,7 @@ def test_every_test_touch_is_on_the_record_and_a_second_configuration_is_reporte
     # both configurations first, in bold, naming the one reported
     with quick_studies():
         assert cli.main(["study", "run", str(env["study_toml"]), "--out", str(out),
-                         "--seeds", "0,1", *root]) == 0  # fmt: skip
+                         "--budget", "smoke", "--seeds", "0,1", *root]) == 0  # fmt: skip
     said = capsys.readouterr()
     assert "the final winner changed" in said.out + said.err
     touches = ledger_of(out)
