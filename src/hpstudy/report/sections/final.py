@@ -95,9 +95,10 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
             f"**The test split was evaluated on {len(final.tested_configs)} distinct "
             f"configurations, not one.** The result below is that of {reported}, "
             f"the final winner of the last `study run`; the test split also met "
-            f"{', '.join(code(c) for c in others)} (a rerun, perhaps with other seeds, changed "
-            "the winner). A test number picked among several configurations is no longer an "
-            "untouched estimate: every test touch is listed at the end of this section."
+            f"{', '.join(code(c) for c in others)} (a rerun that changed the winner, say with "
+            "other seeds, or a run tested by hand). A test number picked among several "
+            "configurations is no longer an untouched estimate: every test touch is listed at "
+            "the end of this section."
         ))  # fmt: skip
     top1, loss_published = final.test_top1, final.published_loss
     within = f" (95 % interval {fmt_interval(top1.ci95)})" if top1.ci95 else ""
