@@ -33,7 +33,8 @@ from hpstudy.executors import DataOptions, Job, make_executor
 from hpstudy.executors.local import LocalExecutor
 from hpstudy.executors.slurm import SlurmOptions
 from hpstudy.run import Execution, RunDir
-from hpstudy.study import run_study
+from hpstudy.study import StudyFolder, run_study, status_text
+from hpstudy.study.status import folder_progress
 
 STUDY = """
 name = "cluster-tiny"
@@ -45,10 +46,13 @@ limit_train = 384
 limit_val = 64
 device = "cpu"
 
+# a grid stage, not a values one: runs that train outside the driver (workers, SLURM jobs)
+# make it count their progress from study.json after the stage, with the stage's own kind
+# (a second parser once read every stage back as a values stage and failed here)
 [[stages]]
 name = "lr"
-field = "lr"
-values = [0.05, 0.5]
+kind = "grid"
+grid = { lr = [0.05, 0.5] }
 epochs = 2
 """
 WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)  # what each of two CPU workers gets
@@ -244,6 +248,14 @@ def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
     # closing (test, its outcomes, export, environment): five jobs, the preempted run's
     # requeued under its own id (one log, not two)
     assert len(logs) == 5
+    state = json.loads((slurm_study / "state.json").read_text())
+    assert [s["kind"] for s in state["stages"]] == ["grid"]
+    status = status_text(slurm_study)
+    assert "cluster-tiny (full): finished" in status and "lr=0.05" in status
+    # what the driver counts after each stage: study.json read back with the grid kind
+    folder = StudyFolder(slurm_study)
+    progress = folder_progress(folder, folder.read_state())
+    assert (progress.runs_done, progress.runs) == (2, 2)
 
 
 def test_slurm_pulls_jobs_as_slots_free_and_records_a_failed_job(tmp_path: Path) -> None:

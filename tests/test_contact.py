@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -20,6 +21,8 @@ import pytest
 from cli_helpers import assert_one_line_error, run_hpstudy
 from study_fixtures import cli, run_lean
 
+import hpstudy
+import hpstudy.study.cost as cost
 from hpstudy import progress
 from hpstudy.cli import build_parser, main, option_table
 from hpstudy.config import RunConfig
@@ -115,9 +118,11 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HPSTUDY_CACHE", str(tmp_path))
+    monkeypatch.setattr(cost, "load_average", lambda: 0.5)  # a quiet machine, whatever this is
     config = RunConfig(width=0.125, batch_size=16, eval_batch_size=32, device="cpu")
     first = measure_speed(config)
     assert first.measured_now and first.train_images_per_s > 0 and first.eval_images_per_s > 0
+    assert first.load == 0.5 and first.spread >= 0 and first.hpstudy == hpstudy.__version__
     again = measure_speed(config)
     assert not again.measured_now and again.train_images_per_s == first.train_images_per_s
     cache = tmp_path / "speed.json"
@@ -125,7 +130,8 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     assert entries.pop("schema_version") == 1
     (key, entry), = entries.items()
     assert "width 0.125" in key and "batch 16" in key
-    assert cached_speed(entry) == again
+    assert {"load", "spread", "measured_at", "hpstudy"} <= entry.keys()
+    assert cached_speed(entry) is not None and not cached_speed(entry).measured_now
     garbage = [
         1,
         {"device_name": "x"},
@@ -134,9 +140,25 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
         {**entry, "checkpoint_seconds": math.inf},
     ]
     assert [cached_speed(g) for g in garbage] == [None] * len(garbage)
+    # a reading not to be trusted any more is measured again
+    cores = os.cpu_count() or 1
+    stale = [
+        {**entry, "load": cores + 1.0},  # taken on a busy machine
+        {**entry, "measured_at": entry["measured_at"] - 31 * 86400},  # older than 30 days
+        {**entry, "hpstudy": "0.0.1"},  # by another hpstudy (torch is in the key)
+        {k: v for k, v in entry.items() if k != "load"},  # from before loads were kept
+    ]
+    assert [cached_speed(g) for g in stale] == [None] * len(stale)
+    assert cached_speed({**entry, "load": float(cores)}) is not None
     cache.write_text("{not json")  # a broken cache is measured over, never an error
     assert measure_speed(config).measured_now
     assert cached_speed(json.loads(cache.read_text())[key]) is not None
+    monkeypatch.setattr(cost, "load_average", lambda: cores + 5.0)
+    busy = measure_speed(config, remeasure=True)  # --remeasure: measured, cache or not
+    assert busy.measured_now and busy.load == cores + 5.0
+    assert cached_speed(json.loads(cache.read_text())[key]) is None  # never reused
+    note = cost.speed_note(again)
+    assert "cached per user in" in note and str(cache) in note and "load 0.5" in note
 
 
 # ---------------------------------------------------------------- while it runs
@@ -229,6 +251,14 @@ def test_plain_display_counts_and_never_draws(capsys: pytest.CaptureFixture[str]
         progress.epoch_finished("stage 1 lr=0.1 seed 0 · epoch 1/2", 4.0)
         progress.run_finished()
     assert capsys.readouterr().err == ""
+    # runs trained elsewhere: the epochs timed in their folders replace the prediction
+    remote = progress.StudyDisplay(2, 4, 0, 0, seconds_per_epoch=10.0, live=False)
+    with progress.cli_logging(plain=True), progress.study_display(remote):
+        progress.show_progress(1, 2, None)
+        assert remote.seconds_left == pytest.approx(20.0)  # nothing timed yet: predicted
+        progress.show_progress(1, 2, 3.0)
+        assert remote.seconds_left == pytest.approx(6.0)
+    assert capsys.readouterr().err.splitlines()[-1] == "study: runs 1/2 · epochs 2/4 · 6 s left"
 
 
 # ---------------------------------------------------------------- show, list, init

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,11 @@ def test_export_json_holds_sizes_and_the_latency_table(exported: tuple[Path, dic
         t = result["latency"][runtime]
         assert t["latency_runs"] == 100
         assert 0 < t["latency_ms_batch1_median"] < 10_000
-        assert t["throughput_images_per_s_batch256"] > 0
+        # the spread of the timings beside their median
+        low, high = t["latency_ms_batch1_p10"], t["latency_ms_batch1_p90"]
+        assert low <= t["latency_ms_batch1_median"] <= high
+        assert t["throughput_images_per_s_batch256"] > 0 and t["throughput_spread"] >= 0
+    assert result["load"]["cores"] == os.cpu_count() and result["load"]["load_1min"] >= 0
     assert [row[0] for row in export.latency_table(result)] == ["pytorch", "onnxruntime"]
 
 
@@ -181,13 +186,17 @@ def test_the_cli_prints_the_table_and_refuses_bad_input_in_one_line(
     printed = capsys.readouterr()
     assert "onnxruntime" in printed.out and "batch 1 ms" in printed.out, printed
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.onnx", "export.json"}
+    assert "timed under a 1-minute load" in printed.out
     written = json.loads((out / "export.json").read_text())
     assert written["check"] is None and written["latency"]["pytorch"]["latency_runs"] == 5
+    # a folder holding an earlier export (its own export.json) is written again
+    assert cli.main(argv) == 0
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.onnx", "export.json"}
     a_file = tmp_path / "file"
     a_file.write_text("x")
     bad = [
         ([str(tmp_path / "nothing")], "not a trained run"),
-        ([str(ema_run), "--out", str(a_file / "sub"), "--no-check"], "cannot create"),
+        ([str(ema_run), "--out", str(a_file / "sub"), "--no-check"], "is a file"),
         ([str(ema_run), "--latency-runs", "0"], "latency runs"),
         ([str(a_file)], "not a trained run"),
     ]

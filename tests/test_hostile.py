@@ -387,7 +387,159 @@ CLI_CASES = [
     Case("study-file-is-a-folder", lambda t, e: ["study", "show", str(t)], "no such study"),
 ]
 
-CASES = DATA_CASES + ENV_CASES + STUDY_CASES + FOLDER_CASES + RUN_CASES + CLI_CASES
+# ---------------------------------------------------------------- integrity (issue 21)
+
+# every field a grid may vary with 20 values: 20**6 = 64 M combinations
+HUGE_GRID = "".join(
+    f"{name} = [{', '.join(repr(round(start + step * i, 6)) for i in range(20))}]\n"
+    for name, start, step in [("lr", 0.01, 0.01), ("weight_decay", 0.0, 1e-4),
+                              ("momentum", 0.5, 0.02), ("label_smoothing", 0.0, 0.01),
+                              ("mixup_alpha", 0.0, 0.1), ("ema_decay", 0.9, 0.001)]
+)  # fmt: skip
+GRID_STAGE = '[[stages]]\nname = "g"\nkind = "grid"\nepochs = 1\n[stages.grid]\n'
+RANDOM_STAGE = ('[[stages]]\nname = "r{k}"\nkind = "random"\nepochs = 1\nn = {n}\n'
+                'space.{field} = {{ {dist} = [{lo}, {hi}] }}\n')  # fmt: skip
+
+
+def random_stage(k: int, n: int, field: str = "lr", dist: str = "log_uniform",
+                 lo: str = "0.01", hi: str = "0.1") -> str:  # fmt: skip
+    return RANDOM_STAGE.format(k=k, n=n, field=field, dist=dist, lo=lo, hi=hi)
+
+
+def linked(file: str, target: Callable[[Path], Path], command: str) -> Callable:
+    """The copied study with `file` replaced by a link to `target(tmp)` (or, for "fifo", by a
+    FIFO): a tampered folder that must not make hpstudy read without end."""
+
+    def setup(tmp: Path, env: dict[str, Path]) -> list[str]:
+        out = copied_study(tmp, env)
+        path = next(out.glob(file))
+        path.unlink()
+        made = target(tmp)
+        if made == Path("fifo"):
+            os.mkfifo(path)
+        else:
+            path.symlink_to(made)
+        if command == "run":
+            return ["study", "run", str(env["study_toml"]), "--out", str(out),
+                    "--root", str(env["root"]), "--no-verify"]  # fmt: skip
+        return ["study", "status", str(out)] if command == "status" else ["report", str(out)]
+
+    return setup
+
+
+def oversized(tmp: Path) -> Path:
+    big = tmp / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(65 * 2**20)  # sparse: 65 MB of zeros that take no disk
+    return big
+
+
+def edit_state(change: Callable[[dict], None]) -> Callable[[str], str]:
+    def content(text: str) -> str:
+        state = json.loads(text)
+        change(state)
+        return json.dumps(state)
+
+    return content
+
+
+def user_file(tmp: Path) -> Path:
+    mine = tmp / "mine.txt"
+    mine.write_text("the user's own file")
+    return mine
+
+
+def export_args(env: dict[str, Path], run: Path, *extra: str) -> list[str]:
+    return ["export", str(run), "--root", str(env["root"]), "--no-verify", "--latency-runs", "1",
+            *extra]  # fmt: skip
+
+
+def export_with_summary_linked(tmp: Path, env: dict[str, Path]) -> list[str]:
+    run = copied_run(tmp, env)
+    (run / "summary.json").unlink()
+    (run / "summary.json").symlink_to("/dev/zero")
+    return export_args(env, run)
+
+
+def export_through_link(tmp: Path, env: dict[str, Path]) -> list[str]:
+    run = copied_run(tmp, env)
+    (run / "model.onnx").symlink_to(user_file(tmp))
+    return export_args(env, run)
+
+
+def export_onto_a_folder(tmp: Path, env: dict[str, Path]) -> list[str]:
+    run = copied_run(tmp, env)
+    (run / "model.onnx").mkdir()
+    return export_args(env, run)
+
+
+def export_over_user_model(tmp: Path, env: dict[str, Path]) -> list[str]:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "model.onnx").write_text("the user's own model")
+    return export_args(env, copied_run(tmp, env), "--out", str(tmp / "mine"))
+
+
+def export_into_user_folder(tmp: Path, env: dict[str, Path]) -> list[str]:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("mine")
+    return export_args(env, copied_run(tmp, env), "--out", str(tmp / "mine"))
+
+
+def ci95(value: list[float]) -> Callable[[dict], None]:
+    return lambda state: state["final"]["test_top1"].update(ci95=value)
+
+
+INTEGRITY_CASES = [
+    Case("summary-is-dev-zero", linked("runs/*/summary.json", lambda t: Path("/dev/zero"),
+         "status"), "summary.json"),
+    Case("summary-is-a-fifo", linked("runs/*/summary.json", lambda t: Path("fifo"), "status"),
+         "FIFO"),
+    Case("study-json-is-dev-zero", linked("study.json", lambda t: Path("/dev/zero"), "run"),
+         "study.json"),
+    Case("state-json-is-dev-zero", linked("state.json", lambda t: Path("/dev/zero"), "report"),
+         "state.json"),
+    Case("state-json-oversized", linked("state.json", oversized, "report"), "larger than"),
+    Case("metrics-is-dev-zero", linked("runs/*/metrics.csv", lambda t: Path("/dev/zero"),
+         "status"), "metrics.csv"),
+    Case("export-summary-is-dev-zero", export_with_summary_linked, "summary.json"),
+    Case("export-through-a-link", export_through_link, "link"),
+    Case("export-onto-a-folder", export_onto_a_folder, "folder"),
+    Case("export-over-a-user-model", export_over_user_model, "export.json"),
+    Case("export-into-a-user-folder", export_into_user_folder, "notes.txt"),
+    study_case("grid-of-64-million", study_text(stages=GRID_STAGE + HUGE_GRID), "MAX_SETTINGS"),
+    study_case("random-n-beyond-cap", study_text(stages=random_stage(1, 10_001)), "10000"),
+    study_case("study-of-too-many-runs",
+               study_text(head="seeds = [0, 1, 2]\n",
+                          stages=random_stage(1, 10_000) + random_stage(2, 10_000)),
+               "MAX_STUDY_RUNS"),
+    study_case("uniform-span-overflows",
+               study_text(stages=random_stage(1, 2, "label_smoothing", "uniform", "-1.7e308",
+                                              "1.7e308")), "wider than a float"),
+    study_case("int-bounds-beyond-int64",
+               study_text(stages=random_stage(1, 2, "warmup_epochs", "int", "0", str(2**70))),
+               "2**62"),
+    Case("state-ci95-empty", doctored_study("state.json", edit_state(ci95([])), "report"),
+         "ci95", named="out"),
+    Case("state-ci95-one-value", doctored_study("state.json", edit_state(ci95([0.1])), "status"),
+         "ci95", named="out"),
+    Case("state-no-settings", doctored_study("state.json",
+         edit_state(lambda s: s["stages"][0].update(settings=[])), "report"), "winner",
+         named="out"),
+    Case("state-winner-out-of-range", doctored_study("state.json",
+         edit_state(lambda s: s["stages"][0].update(winner=7)), "report"), "winner",
+         named="out"),
+    Case("state-no-final-runs", doctored_study("state.json",
+         edit_state(lambda s: s["final"].update(runs=[])), "report"), "runs", named="out"),
+    Case("state-two-million-classes", doctored_study("state.json",
+         edit_state(lambda s: s["data"].update(class_proportions=[0.01] * 2_000_000)),
+         "report"), "class_proportions", named="out"),
+    Case("state-optuna-half-recorded", doctored_study("state.json",
+         edit_state(lambda s: s["stages"][0].update(kind="optuna", journal="optuna/x.log")),
+         "report"), "optuna_study", named="out"),
+]
+
+CASES = (DATA_CASES + ENV_CASES + STUDY_CASES + FOLDER_CASES + RUN_CASES + CLI_CASES
+         + INTEGRITY_CASES)  # fmt: skip
 
 
 def snapshot(folder: Path, skip: Path | None) -> dict[str, bytes]:
@@ -446,7 +598,7 @@ def test_hostile_input_is_one_line(
 
 
 def test_the_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 60
+    assert len(CASES) >= 80
     assert len({c.id for c in CASES}) == len(CASES)
 
 
@@ -474,3 +626,122 @@ def test_hostile_input_through_a_real_process(
     result, tmp = real_runs[case_id]
     assert case.needle in assert_one_line_error(result)
     assert not list(tmp.rglob(MARKER))
+
+
+# ---------------------------------------------------------------- the test ledger
+
+
+def ledger_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "test_ledger.jsonl").read_text().splitlines()]
+
+
+def test_every_test_touch_is_on_the_record_and_a_second_configuration_is_reported_first(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = copied_study(tmp_path, env)
+    root = ["--root", str(env["root"]), "--no-verify"]
+    state = json.loads((out / "state.json").read_text())
+    stage = state["stages"][0]
+    winner = stage["settings"][stage["winner"]]["runs"][0]
+    loser = stage["settings"][1 - stage["winner"]]["runs"][0]
+    (first,) = ledger_of(out)  # the study's own final evaluation
+    assert (first["run_hash"], first["seeds"]) == (winner["run_hash"], [0])
+    assert state["final"]["config_hash"] == first["config_hash"]
+
+    # another configuration meets the test split: recorded before its result is shown
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out / loser["run_dir"]), "--split", "test", *root]) == 0
+    assert "test ledger" in capsys.readouterr().err
+    touches = ledger_of(out)
+    assert [t["run_hash"] for t in touches] == [winner["run_hash"], loser["run_hash"]]
+    assert touches[0]["config_hash"] != touches[1]["config_hash"]
+    assert cli.main(["study", "status", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "test split: evaluated 2 times on 2 distinct configurations" in shown
+    assert f"{first['config_hash']} (reported)" in shown
+    with quick_studies():  # the next report counts it (the ledger is fresher than the state)
+        assert cli.main(["report", str(out)]) == 0
+    assert "**The test split was evaluated on 2 distinct" in (out / "report.md").read_text()
+
+    # a rerun with more seeds says so on the terminal before it tests, and its report puts
+    # both configurations first, in bold, naming the one reported
+    with quick_studies():
+        assert cli.main(["study", "run", str(env["study_toml"]), "--out", str(out),
+                         "--budget", "smoke", "--seeds", "0,1", *root]) == 0  # fmt: skip
+    said = capsys.readouterr()
+    assert "the final winner changed" in said.out + said.err
+    touches = ledger_of(out)
+    assert len(touches) == 3 and touches[2]["seeds"] == [0, 1]  # the new final seed's test
+    state = json.loads((out / "state.json").read_text())
+    assert len(state["final"]["test_touches"]) == 3
+    reported = state["final"]["config_hash"]
+    report = (out / "report.md").read_text()
+    final = report[report.index("Final test result"):].split("\n\n")
+    assert final[1].startswith("**The test split was evaluated on 2 distinct configurations")
+    assert f"`{reported}`" in final[1]
+    assert "test ledger" in report and all(t["run_hash"] in report for t in touches)
+    assert "evaluated once, on the final configuration only" not in report
+
+
+def test_status_shows_the_run_a_study_is_training_as_running(
+    env: dict[str, Path], tmp_path: Path
+) -> None:
+    from hpstudy.study.state import StudyFolder
+    from hpstudy.study.status import status_text
+
+    out = copied_study(tmp_path, env)
+    state = json.loads((out / "state.json").read_text())
+    state["status"] = "running"
+    (out / "state.json").write_text(json.dumps(state))
+    run = out / state["stages"][0]["settings"][0]["runs"][0]["run_dir"]
+    (run / "summary.json").unlink()  # not finished: partial, from its checkpoint
+
+    def row(text: str) -> str:
+        return next(line for line in text.splitlines() if line.endswith(run.name)
+                    or f"{run.name} " in line)  # fmt: skip
+
+    assert " partial " in row(status_text(out))  # no `study run` holds the folder
+    with StudyFolder(out).lock():
+        assert " partial " in row(status_text(out))  # not yet taken up by this study run
+        os.utime(run / "config.json")  # the study run claims it: it trains now
+        assert " running " in row(status_text(out))
+    assert " partial " in row(status_text(out))
+
+
+def test_a_recorded_optuna_study_missing_from_its_journal_skips_its_figures(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    optuna = pytest.importorskip("optuna")
+    from hpstudy.study.search import open_storage
+
+    out = copied_study(tmp_path, env)
+    (out / "optuna").mkdir()
+    optuna.create_study(study_name="another", storage=open_storage(out / "optuna" / "j.log"))
+    state = json.loads((out / "state.json").read_text())
+    state["stages"][0].update(kind="optuna", journal="optuna/j.log", optuna_study="missing")
+    (out / "state.json").write_text(json.dumps(state))
+    assert cli.main(["report", str(out)]) == 0
+    assert "holds no Optuna study 'missing'" in (out / "report.md").read_text()
+
+
+def test_writes_never_go_through_a_link_and_reads_stop_at_their_cap(tmp_path: Path) -> None:
+    from hpstudy.errors import HpstudyError
+    from hpstudy.files import read_capped, write_atomic
+
+    mine = user_file(tmp_path)
+    target = tmp_path / "state.json"
+    (tmp_path / "state.json.tmp").symlink_to(mine)  # a link planted at the temporary name
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and mine.read_text() == "the user's own file"
+    assert not (tmp_path / "state.json.tmp").exists()
+    link = tmp_path / "summary.json"
+    link.symlink_to(mine)
+    with pytest.raises(HpstudyError, match="is a link"):
+        write_atomic(link, b"x")
+    assert link.is_symlink() and mine.read_text() == "the user's own file"
+    assert read_capped(target, 3) == b"new"
+    with pytest.raises(HpstudyError, match="larger than the 2 bytes"):
+        read_capped(target, 2)
+    os.mkfifo(tmp_path / "fifo")  # opened without waiting for a writer, then refused
+    with pytest.raises(HpstudyError, match="is a FIFO"):
+        read_capped(tmp_path / "fifo", 100)

@@ -345,3 +345,43 @@ def test_an_executor_object_takes_no_executor_options(tmp_path: Path) -> None:
                           runs_per_device=2)  # fmt: skip
     with pytest.raises(HpstudyError, match=r"study: a StudyConfig, a dict"):
         hpstudy.run_study(3.5)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- caps that hold before work
+
+
+def test_validation_grows_with_the_draws_not_their_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two random stages of 1,000 draws: a million pairs, checked as some 2,000 configurations
+    (each draw with the first winners, each earlier winner with the first draw)."""
+    from hpstudy.study.plan import Plan
+
+    def stage(k: int, field: str) -> dict[str, Any]:
+        return {"name": f"r{k}", "kind": "random", "epochs": 1, "n": 1000,
+                "space": {field: {"uniform": [0.0, 0.1]}}}  # fmt: skip
+
+    study = validate_study({"name": "wide", "base": {"width": 0.125},
+                            "stages": [stage(1, "label_smoothing"), stage(2, "weight_decay")]},
+                           "wide")  # fmt: skip
+    checked = []
+    config = Plan.config
+    monkeypatch.setattr(Plan, "config", lambda self, *a: checked.append(a) or config(self, *a))
+    Plan(study, "full").validate()
+    draws = [len(s.candidates()) for s in study.stages]
+    assert len(checked) == 2 * draws[0] + draws[1] <= 3 * 1010  # not 1,000,000
+    winners = {tuple(sorted(w.items())) for _, _, w, _ in checked}
+    assert len(winners) == draws[0] + 1  # every earlier winner was met, and none at first
+
+
+def test_caps_name_themselves_before_anything_is_listed() -> None:
+    fields = ("lr", "weight_decay", "momentum", "label_smoothing", "mixup_alpha", "ema_decay")
+    twenty = [0.01 * (i + 1) for i in range(20)]
+    huge = {"name": "g", "kind": "grid", "epochs": 1, "grid": dict.fromkeys(fields, twenty)}
+    with pytest.raises(HpstudyError, match=r"20 x 20 x 20 x 20 x 20 x 20 = 64,000,000 .*10,000"):
+        validate_study({"name": "x", "stages": [huge]}, "toy")
+    values = {"name": "v", "field": "lr", "epochs": 1, "values": twenty[:10]}
+    with pytest.raises(HpstudyError, match=r"implies 30,000 runs .* at most 20,000"):
+        validate_study({"name": "x", "seeds": list(range(3000)), "stages": [values]}, "toy")
+    span = {"name": "r", "kind": "random", "epochs": 1, "n": 2,
+            "space": {"label_smoothing": {"uniform": [-1.7e308, 1.7e308]}}}  # fmt: skip
+    with pytest.raises(HpstudyError, match="wider than a float"):
+        validate_study({"name": "x", "stages": [span]}, "toy")

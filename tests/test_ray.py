@@ -27,7 +27,8 @@ from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job, make_executor
 from hpstudy.executors.ray import Task  # importing it does not import Ray
 from hpstudy.run import Summary
-from hpstudy.study import Plan, load_study, run_study
+from hpstudy.study import Plan, StudyFolder, load_study, run_study
+from hpstudy.study.status import folder_progress
 
 STUDY = """
 name = "ray-tiny"
@@ -50,6 +51,32 @@ name = "wd"
 field = "weight_decay"
 values = [0.0, 5e-4]  # 0.0 is stage 1's winner again: reused, not retrained
 epochs = 2
+
+# a stage of every other kind (one run each, on fewer images): a study mixing them finishes
+# on Ray, whose runs train outside the driver (the driver counts their progress from
+# study.json after every stage, with each stage's own kind)
+[[stages]]
+name = "grid"
+kind = "grid"
+epochs = 1
+overrides = { limit_train = 128 }
+grid = { label_smoothing = [0.05], mixup_alpha = [0.0] }
+
+[[stages]]
+name = "random"
+kind = "random"
+epochs = 1
+n = 1
+overrides = { limit_train = 128 }
+space.momentum = { uniform = [0.8, 0.9] }
+
+[[stages]]
+name = "tpe"
+kind = "optuna"
+epochs = 1
+n_trials = 1
+overrides = { limit_train = 128 }
+space.label_smoothing = { uniform = [0.0, 0.1] }
 """
 
 
@@ -237,6 +264,7 @@ def test_ray_study_through_the_cli_matches_the_local_executor(
     local_outcome: dict[str, Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def driver_must_not(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the driver touched the data: that is the workers' job")
@@ -249,8 +277,19 @@ def test_ray_study_through_the_cli_matches_the_local_executor(
     argv = ["study", "run", str(study_file), "--out", str(out), "--executor", "ray"]
     assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 0
     assert_same(outcome(out), local_outcome)
-    assert len(list((out / "runs").iterdir())) == 3  # 4 settings, one reused
+    assert len(list((out / "runs").iterdir())) == 6  # 7 settings, one reused
     assert shared_ray.is_initialized()  # a Ray it did not start is left running
+    state = json.loads((out / "state.json").read_text())
+    assert [s["kind"] for s in state["stages"]] == ["values", "values", "grid", "random", "optuna"]
+    # what the driver counts after each stage: study.json read back with every stage's kind
+    folder = StudyFolder(out)
+    progress = folder_progress(folder, folder.read_state())
+    assert (progress.runs_done, progress.runs) == (6, 6)
+    # status and --watch read the finished mixed study
+    assert cli.main(["study", "status", str(out)]) == 0
+    assert cli.main(["study", "status", str(out), "--watch", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("ray-tiny (full): finished") == 2 and "trial 0" in shown
 
 
 @pytest.mark.ray

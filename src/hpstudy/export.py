@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import statistics
 import time
 import warnings
@@ -25,10 +26,11 @@ import torch
 from torch import nn
 
 from hpstudy.errors import HpstudyError
-from hpstudy.files import stamped, write_json
+from hpstudy.files import check_writable, read_json, stamped, write_json, write_with
 from hpstudy.models import count_macs, count_parameters
 from hpstudy.run import RunDir, load_data, split_of
 from hpstudy.run.evaluate import load_trained
+from hpstudy.run.folder import EXPORT_FILES, not_a_folder
 
 INSTALL_HINT = "pip install 'hpstudy[export]'"
 # what the check allows between ONNX Runtime's and PyTorch's float32 logits
@@ -161,14 +163,67 @@ def benchmark(
             "onnxruntime": lambda x: session.run(None, {"images": x.numpy()}),
         }
         for name, run in runtimes.items():
-            latency = _time(lambda run=run: run(one), latency_runs, WARMUP_RUNS)
-            batch = _time(lambda run=run: run(many), THROUGHPUT_RUNS, 1)
+            latency = sorted(_time(lambda run=run: run(one), latency_runs, WARMUP_RUNS))
+            batch = sorted(_time(lambda run=run: run(many), THROUGHPUT_RUNS, 1))
             results[name] = {
                 "latency_ms_batch1_median": 1000 * statistics.median(latency),
+                # the spread of the timings: their 10th and 90th percentiles
+                "latency_ms_batch1_p10": 1000 * percentile(latency, 0.1),
+                "latency_ms_batch1_p90": 1000 * percentile(latency, 0.9),
                 "latency_runs": len(latency),
                 "throughput_images_per_s_batch256": THROUGHPUT_BATCH / statistics.median(batch),
+                "throughput_spread": (batch[-1] - batch[0]) / statistics.median(batch),
             }
     return results
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted timings (the nearest rank: a timing that was measured)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def load_now() -> dict[str, float | int | None]:
+    """The 1-minute load average and the core count, beside the timings they affect."""
+    try:
+        load: float | None = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = None
+    return {"load_1min": load, "cores": os.cpu_count()}
+
+
+def check_export_folder(out_dir: Path, run: RunDir) -> None:
+    """Refuse, writing nothing, a folder an export may not write in: under a file, holding
+    files other than an export's, an export's files that hpstudy did not write (no export.json
+    of its own beside them), or one of them a link or a folder. The run's own folder holds
+    only the run's files (`RunDir.check` refused it otherwise)."""
+    if problem := not_a_folder(out_dir):
+        raise HpstudyError(f"{out_dir}: {problem}; use another --out")
+    targets = [out_dir / name for name in EXPORT_FILES]
+    for target in targets:
+        check_writable(target)
+    if not out_dir.is_dir() or out_dir.resolve() == run.path.resolve():
+        return
+    own = {name + tmp for name in EXPORT_FILES for tmp in ("", ".tmp")}
+    try:
+        names = sorted(p.name for p in out_dir.iterdir())
+    except OSError as err:
+        raise HpstudyError(f"{out_dir}: cannot read ({err.strerror or err})") from None
+    foreign = [n for n in names if n not in own]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise HpstudyError(
+            f"{out_dir}: holds files that are not an export's ({foreign[0]!r}{more}); "
+            "use another --out, or an empty folder"
+        )
+    present = [n for n in names if n in EXPORT_FILES]
+    if present:
+        export_json = out_dir / "export.json"
+        held = read_json(export_json, "export") if export_json.exists() else None
+        if not (isinstance(held, dict) and isinstance(held.get("run_hash"), str)):
+            raise HpstudyError(
+                f"{out_dir}: holds {present[0]!r} but no export.json hpstudy wrote, so it is not "
+                "an earlier export; hpstudy will not replace it: use another --out"
+            )
 
 
 def export_run(
@@ -188,6 +243,7 @@ def export_run(
     run = RunDir(run_dir)
     trained = load_trained(run.path, "cpu")
     out_dir = run.path if out is None else Path(out)
+    check_export_folder(out_dir, run)  # before anything is written
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -208,8 +264,9 @@ def export_run(
         "input": "float32 NCHW, normalised: (pixels / 255 - mean) / std",
     }
     st_path, onnx_path = out_dir / "model.safetensors", out_dir / "model.onnx"
-    write_safetensors(st_path, model, metadata)
-    write_onnx(onnx_path, deployable)
+    # through a temporary file each: never through a link, never a half-written model
+    write_with(st_path, lambda tmp: write_safetensors(tmp, model, metadata))
+    write_with(onnx_path, lambda tmp: write_onnx(tmp, deployable))
     session = _session(onnxruntime, onnx_path)
     result: dict[str, Any] = {
         "run_dir": str(run.path),
@@ -228,7 +285,11 @@ def export_run(
         _, val_idx = split_of(config, cifar)
         images = cifar.train.images[val_idx[:CHECK_IMAGES]]
         result["check"] = check_outputs(deployable, session, images)
+    before = load_now()
     result["latency"] = benchmark(deployable, session, latency_runs)
+    after = load_now()
+    loads = [x["load_1min"] for x in (before, after) if x["load_1min"] is not None]
+    result["load"] = {"load_1min": max(loads) if loads else None, "cores": after["cores"]}
     result = stamped(result, "export")  # returned as written
     write_json(out_dir / "export.json", result, "export")
     if result["check"] is not None and not result["check"]["passed"]:
@@ -242,15 +303,28 @@ def export_run(
 
 
 def latency_table(result: dict[str, Any]) -> list[list[str]]:
-    """Rows (runtime, batch-1 median ms, batch-256 images/s) of an export's timings."""
-    return [
-        [
-            name,
-            f"{t['latency_ms_batch1_median']:.2f}",
-            f"{t['throughput_images_per_s_batch256']:.0f}",
-        ]
-        for name, t in result.get("latency", {}).items()
-    ]
+    """Rows (runtime, batch-1 median ms with its 10-90 % range, batch-256 images/s with its
+    spread) of an export's timings; an export.json from before the spreads shows none."""
+    rows = []
+    for name, t in result.get("latency", {}).items():
+        ms = f"{t['latency_ms_batch1_median']:.2f}"
+        if "latency_ms_batch1_p10" in t:
+            ms += f" ({t['latency_ms_batch1_p10']:.2f}-{t['latency_ms_batch1_p90']:.2f})"
+        ips = f"{t['throughput_images_per_s_batch256']:.0f}"
+        if "throughput_spread" in t:
+            ips += f" (±{50 * t['throughput_spread']:.0f} %)"
+        rows.append([name, ms, ips])
+    return rows
+
+
+def load_text(result: dict[str, Any]) -> str:
+    """The load the timings were taken under, in words ("" for an export without it)."""
+    load = result.get("load") or {}
+    if load.get("load_1min") is None:
+        return ""
+    busy = load["load_1min"] > (load["cores"] or 1)
+    busy_text = " (busy: other work shared the cores)" if busy else ""
+    return f"1-minute load {load['load_1min']:.1f} on {load['cores']} cores{busy_text}"
 
 
 __all__ = [
@@ -260,9 +334,11 @@ __all__ = [
     "Deployable",
     "MissingExtra",
     "benchmark",
+    "check_export_folder",
     "check_outputs",
     "export_run",
     "latency_table",
     "load_model",
+    "load_text",
     "read_safetensors",
 ]

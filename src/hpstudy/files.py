@@ -1,8 +1,15 @@
-"""Bytes on disk: atomic writes, and JSON read back into typed records through one schema table.
+"""Bytes on disk: the one rule for every file hpstudy reads or writes in a study or run folder,
+and JSON read back into typed records through one schema table.
 
-Every file hpstudy writes goes through `write_atomic`, so a kill mid-write leaves
-the old file or the new one, never a torn one. Which files exist and what they
-hold is owned by `run.folder` (a run's files) and `study.state` (a study's).
+Reads (`read_capped`) take regular files only (a link is followed to its file; a
+folder, a device such as /dev/zero, a FIFO or a socket is refused before a byte is
+read) and stop at a size cap per kind of file (JSON: JSON_CAP), so a tampered folder
+cannot make hpstudy read without end. Writes (`write_atomic`, `write_with`) go
+through a temporary file created anew (never an existing file or link of that name)
+and an atomic replace, so a kill mid-write leaves the old file or the new one, never
+a torn one; a target that exists and is not a regular file (a link, a folder) is
+refused, so nothing is written through a link. Which files exist and what they hold
+is owned by `run.folder` (a run's files) and `study.state` (a study's).
 
 Every JSON object hpstudy writes (files and `--json` output) carries `schema_version`:
 the version of its kind's layout (SCHEMA_VERSIONS). Reading a file upgrades it first:
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,17 +127,111 @@ def upgrade(raw: Any, kind: str, where: str) -> Any:
     return raw
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
+JSON_CAP = 64 * 2**20  # bytes: a JSON file hpstudy reads (its largest, state.json, is ~100 kB)
+TEXT_CAP = 64 * 2**20  # bytes: metrics.csv, test_ledger.jsonl
+
+
+def file_type(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a link"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def read_capped(path: Path, cap: int) -> bytes:
+    """The bytes of the regular file at `path` (a link is followed), at most `cap` of them:
+    anything else, or more, is one HpstudyError and nothing more is read."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise HpstudyError(f"{path}: is {file_type(mode)}, not a regular file hpstudy wrote")
+        chunks, got = [], 0
+        while got <= cap:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > cap:
+            raise HpstudyError(
+                f"{path}: larger than the {size_text(cap)} such a file may hold; "
+                "not a file hpstudy wrote"
+            )
+        return b"".join(chunks)
+    except OSError as err:
+        raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+
+
+def check_regular(path: Path) -> None:
+    """Refuse a `path` that is there but is not a regular file (followed through a link)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        raise HpstudyError(f"{path}: is {file_type(mode)}, not a regular file hpstudy wrote")
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, writing nothing, a target that exists and is not a regular file of its own
+    (a link, even to a regular file, a folder, a device): hpstudy never writes through it."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise HpstudyError(f"{path}: cannot write ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        raise HpstudyError(
+            f"{path}: is {file_type(mode)}; hpstudy writes only its own regular files, "
+            "never through a link: remove it or use another folder"
+        )
+
+
+def write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` writes the file's content to a fresh temporary path, which then replaces
+    `path` atomically. A `path` that is a link or not a regular file is refused first."""
+    check_writable(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.unlink(missing_ok=True)  # a stale copy, or a link planted there: never written through
+        write(tmp)
+        check_writable(tmp)  # made by `write` itself, not by someone else meanwhile
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise HpstudyError(f"{path}: cannot write ({err.strerror or err})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_new(tmp: Path, payload: bytes) -> None:
+    """`payload` into a file made here (O_EXCL: never an existing file or link)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    write_with(path, lambda tmp: write_bytes_new(tmp, payload))
 
 
 def write_json(path: Path, obj: Raw, kind: str) -> None:
@@ -140,10 +242,9 @@ def write_json(path: Path, obj: Raw, kind: str) -> None:
 
 def read_json(path: Path, kind: str) -> Any:
     """`kind`'s JSON file, upgraded to today's layout (see `upgrade`)."""
+    payload = read_capped(path, JSON_CAP)
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as err:
-        raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
+        raw = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         # JSONDecodeError is a ValueError; so is a number too long to convert, and
         # nesting too deep for the parser is a RecursionError

@@ -242,9 +242,14 @@ class StudyDisplay:
         if self.progress is None:
             logger.info(f"study: {self.summary()}")
 
-    def update(self, runs_done: int, epochs_done: int) -> None:
-        """Counts read back from the run folders (runs trained elsewhere: workers, Ray)."""
+    def update(
+        self, runs_done: int, epochs_done: int, seconds_per_epoch: float | None = None
+    ) -> None:
+        """Counts read back from the run folders (runs trained elsewhere: workers, Ray); the
+        epochs timed there replace the predicted speed, as this process's own epochs do."""
         self.runs_done, self.epochs_done = runs_done, epochs_done
+        if seconds_per_epoch is not None:
+            self.measured = [seconds_per_epoch]
         self.redraw()
         if self.progress is None:
             logger.info(f"study: {self.summary()}")
@@ -303,10 +308,13 @@ def run_finished() -> None:
         display.run_finished()
 
 
-def show_progress(runs_done: int, epochs_done: int) -> None:
-    """Counts read back from the run folders, for runs trained elsewhere (workers, Ray)."""
+def show_progress(
+    runs_done: int, epochs_done: int, seconds_per_epoch: float | None = None
+) -> None:
+    """Counts read back from the run folders, for runs trained elsewhere (workers, Ray), and
+    the seconds per epoch timed there (None: none timed yet)."""
     if (display := open_display()) is not None:
-        display.update(runs_done, epochs_done)
+        display.update(runs_done, epochs_done, seconds_per_epoch)
 
 
 def throttled(update: Callable[..., None]) -> Advance:

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from hpstudy.errors import HpstudyError
+from hpstudy.files import read_capped
 from hpstudy.report.blocks import Block, Heading, Image, Para, Table
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
@@ -25,6 +25,9 @@ th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}th{background:#f
 img{max-width:100%}p>em:only-child{color:#555}
 blockquote{background:#fff4d6;border-left:4px solid #e0a800;margin:1rem 0;padding:.5rem 1rem}
 blockquote p{margin:0}code{background:#f3f3f3;padding:0 .2rem}"""
+
+
+FIGURE_CAP = 64 * 2**20  # bytes: one figure inlined into report.html
 
 
 def table_cell(text: str) -> str:
@@ -58,10 +61,7 @@ def markdown_parser() -> MarkdownIt:
 
 
 def data_uri(path: Path) -> str:
-    try:
-        payload = path.read_bytes()
-    except OSError as err:
-        raise HpstudyError(f"{path}: cannot read figure ({err.strerror or err})") from None
+    payload = read_capped(path, FIGURE_CAP)
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{kind};base64,{base64.b64encode(payload).decode('ascii')}"
 

@@ -193,8 +193,8 @@ def image_outcomes(
     whether the kept prediction is right (bool) and, for val, its loss; None when the run
     keeps no predictions of that split (a folder older than them, a test never evaluated)."""
     run = RunDir(run_dir)
-    predicted = run.read_val_predictions() if split == "val" else run.read_test_predictions()
-    if predicted is None:
+    kept = run.val_predictions_path if split == "val" else run.test_predictions_path
+    if not kept.exists():
         return None
     config = run.read_config()
     cifar = load_data(root, verify, config.dataset)
@@ -203,11 +203,19 @@ def image_outcomes(
     else:
         _, val_idx = split_of(config, cifar)
         labels = cifar.train.fine[val_idx]
+    # read at most the images the run implies: a larger file is not one hpstudy wrote
+    images = len(labels)
+    if split == "val":
+        predicted = run.read_val_predictions(images)
+    else:
+        predicted = run.read_test_predictions(images)
+    if predicted is None:
+        return None
     if len(labels) != len(predicted):
         raise HpstudyError(
             f"{run.path}: keeps {len(predicted)} {split} predictions for {len(labels)} images"
         )
-    losses = run.read_val_losses() if split == "val" else None
+    losses = run.read_val_losses(images) if split == "val" else None
     if losses is not None and len(losses) != len(predicted):
         raise HpstudyError(f"{run.val_losses_path}: {len(losses)} losses, not {len(predicted)}")
     return predicted == labels.numpy(), losses

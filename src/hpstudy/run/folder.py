@@ -29,7 +29,16 @@ from pydantic import BaseModel, ConfigDict
 
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
-from hpstudy.files import read_json, read_model, write_atomic, write_json, write_model
+from hpstudy.files import (
+    TEXT_CAP,
+    check_regular,
+    read_capped,
+    read_json,
+    read_model,
+    write_atomic,
+    write_json,
+    write_model,
+)
 
 METRIC_COLUMNS = (
     "epoch",
@@ -46,6 +55,10 @@ METRIC_COLUMNS = (
 EMA_COLUMNS = ("raw_val_loss", "raw_val_acc", "raw_val_top5")
 MetricRow = dict[str, float]
 EXPORT_FILES = ("model.safetensors", "model.onnx", "export.json")
+# the most images a split of a built-in dataset holds (CIFAR's train split): a predictions
+# file that implies more is not one hpstudy wrote
+MAX_SPLIT_IMAGES = 50_000
+NPY_HEADER_CAP = 4096  # bytes: a .npy file's header (128 for the arrays hpstudy writes)
 EVENTS_PREFIX = "events.out.tfevents."
 
 
@@ -221,11 +234,12 @@ class RunDir:
 
     def read_metrics(self) -> list[MetricRow]:
         """The rows of metrics.csv; none for a run that has not finished an epoch."""
-        if not self.metrics_path.is_file():
+        if not self.metrics_path.exists():
             return []
+        payload = read_capped(self.metrics_path, TEXT_CAP)
         try:
-            text = self.metrics_path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as err:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as err:
             raise HpstudyError(f"{self.metrics_path}: cannot read ({err})") from None
         try:
             table = list(csv.reader(io.StringIO(text)))
@@ -271,6 +285,7 @@ class RunDir:
         write_atomic(self.checkpoint_path, buf.getvalue())
 
     def load_checkpoint(self, device: torch.device) -> dict[str, Any]:
+        check_regular(self.checkpoint_path)  # not a link to a device or a FIFO
         try:
             ckpt = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
         except Exception as err:  # a torn or foreign file: say which, without torch's advice
@@ -295,18 +310,19 @@ class RunDir:
         write_array(self.val_predictions_path, np.asarray(predictions, dtype=np.int16))
         write_array(self.val_losses_path, np.asarray(losses, dtype=np.float32))
 
-    def read_val_predictions(self) -> np.ndarray | None:
-        """The validation predictions; None for a run (or an older folder) without them."""
-        return read_array(self.val_predictions_path, np.int16)
+    def read_val_predictions(self, images: int = MAX_SPLIT_IMAGES) -> np.ndarray | None:
+        """The validation predictions (at most `images` of them: what the run implies);
+        None for a run (or an older folder) without them."""
+        return read_array(self.val_predictions_path, np.int16, images)
 
-    def read_val_losses(self) -> np.ndarray | None:
-        return read_array(self.val_losses_path, np.float32)
+    def read_val_losses(self, images: int = MAX_SPLIT_IMAGES) -> np.ndarray | None:
+        return read_array(self.val_losses_path, np.float32, images)
 
     def write_test_predictions(self, predictions: np.ndarray) -> None:
         write_array(self.test_predictions_path, np.asarray(predictions, dtype=np.int16))
 
-    def read_test_predictions(self) -> np.ndarray | None:
-        return read_array(self.test_predictions_path, np.int16)
+    def read_test_predictions(self, images: int = MAX_SPLIT_IMAGES) -> np.ndarray | None:
+        return read_array(self.test_predictions_path, np.int16, images)
 
     # ------------------------------------------------------------ outcome
 
@@ -340,12 +356,16 @@ def write_array(path: Path, array: np.ndarray) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def read_array(path: Path, dtype: type[np.generic]) -> np.ndarray | None:
-    """A 1-D array of `dtype` saved by `write_array`; None when there is no file."""
-    if not path.is_file():
+def read_array(
+    path: Path, dtype: type[np.generic], items: int = MAX_SPLIT_IMAGES
+) -> np.ndarray | None:
+    """A 1-D array of `dtype` saved by `write_array`, of at most `items` entries; None when
+    there is no file."""
+    if not path.exists():
         return None
+    payload = read_capped(path, NPY_HEADER_CAP + items * np.dtype(dtype).itemsize)
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(io.BytesIO(payload), allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HpstudyError(f"{path}: not a readable .npy file ({first})") from None

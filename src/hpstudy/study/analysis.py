@@ -44,6 +44,8 @@ from hpstudy.study.state import (
     StudyState,
     StudyStatus,
     TestTop1,
+    TestTouch,
+    tested_configs,
 )
 
 # the final configuration's fields the report lists (the published study's levers, for now)
@@ -173,6 +175,9 @@ class FinalAnalysis(Record):
     prediction: list[float] | None  # the 95 % prediction interval for one new run's top-1
     equivalence_margin: float
     most_test_evaluations: int  # the most any final run met the test split (its ledger)
+    config_hash: str | None  # the configuration reported (None: a state from before the ledger)
+    test_touches: list[TestTouch]  # every test evaluation made for the study (test_ledger.jsonl)
+    tested_configs: list[str]  # the distinct configurations among them, first touched first
     superclass: dict[str, Stat | None]  # test top-1 per coarse label over the final runs
     device: str
 
@@ -584,6 +589,9 @@ def final_analysis(state: StudyState) -> FinalAnalysis | None:
         prediction=prediction,
         equivalence_margin=spec.equivalence_margin,
         most_test_evaluations=max((r.test_evaluations for r in final.runs), default=0),
+        config_hash=final.config_hash,
+        test_touches=final.test_touches,
+        tested_configs=tested_configs(final.test_touches),
         superclass={n: summarise([acc[n] for acc in per_run if n in acc]) for n in names},
         device=final.device,
     )
@@ -697,8 +705,15 @@ def analyse(study_dir: str | Path) -> Analysis:
     """The analysis of the study in `study_dir`, finished or not: state.json and each run
     folder it names, read once. A study folder without state.json is a user error."""
     path = Path(study_dir)
-    state = StudyFolder(path).read_state()
+    folder = StudyFolder(path)
+    state = folder.read_state()
     runs = read_runs(path, state)
+    if state.final is not None and folder.ledger_path.exists():
+        # the ledger is fresher than the state: a test evaluation made since (`hpstudy
+        # evaluate` on a run of the folder) is counted by the next `hpstudy report`
+        ledger = folder.read_ledger()
+        if len(ledger) > len(state.final.test_touches):
+            state.final = state.final.model_copy(update={"test_touches": ledger})
 
     def runs_of(setting: SettingState) -> list[RunRead]:
         return [runs[path / entry.run_dir] for entry in setting.runs]

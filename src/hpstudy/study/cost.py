@@ -3,10 +3,13 @@
 The arithmetic is the plan's: `Plan.distinct_runs` says which runs a study trains
 (whichever settings win, the count is the same), each run's epochs and limits
 say how many images it sees, and a `Speed` measured for a few steps of the
-study's own model on the device turns images into seconds. Speeds are cached per
-device, model, width, batch and precision in a small JSON file
-(`$HPSTUDY_CACHE/speed.json`, else `~/.cache/hpstudy/speed.json`), so a second
-`study run` on the same machine starts at once.
+study's own model on the device turns images into seconds: the median of several
+short timed windows, with their spread and the 1-minute load average beside it.
+Speeds are cached per user (`$HPSTUDY_CACHE/speed.json`, else
+`~/.cache/hpstudy/speed.json`), per device, model, width, batch and precision, so a
+second `study run` on the same machine starts at once; a cached reading taken under a
+load above the core count, older than MAX_AGE_DAYS, or by another hpstudy or torch is
+measured again, and `study run --remeasure` always measures.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from hpstudy import __version__
 from hpstudy.config import RunConfig
 from hpstudy.constants import IMAGE_SHAPE, NUM_CLASSES, NUM_SUPERCLASSES
 from hpstudy.errors import HpstudyError
@@ -30,9 +34,11 @@ from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_name
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.state import StudyFolder
 
-# measured steps (after warm-up ones) and eval batches: enough to steady a CPU's rate in
-# seconds, and a GPU's in well under one
-MEASURE = {"cpu": (1, 4, 2), "cuda": (10, 40, 5)}  # warm-up steps, steps, eval batches
+# measured steps per window (after warm-up ones) and eval batches: enough to steady a CPU's
+# rate in seconds, and a GPU's in well under one
+MEASURE = {"cpu": (1, 2, 2), "cuda": (10, 20, 5)}  # warm-up steps, steps, eval batches
+WINDOWS = 3  # timed windows of training: the speed is their median, the spread their range
+MAX_AGE_DAYS = 30  # a cached speed older than this is measured again
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ class Speed:
     eval_images_per_s: float
     checkpoint_seconds: float  # one epoch's checkpoint write
     measured_now: bool = True  # False: read from the cache
+    spread: float = 0.0  # the training windows' range over their median (0.1: within 10 %)
+    load: float | None = None  # the 1-minute load average when measured (None: not known)
+    measured_at: float = 0.0  # when (seconds since the epoch; 0: not known)
+    hpstudy: str = ""  # the hpstudy that measured it
 
 
 @dataclass(frozen=True)
@@ -152,26 +162,57 @@ def read_cache(path: Path) -> dict[str, dict[str, float]]:
     return cached if isinstance(cached, dict) else {}
 
 
-def cached_speed(entry: object) -> Speed | None:
-    """A cache entry as a Speed, or None where it is not one (an older or foreign file)."""
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # a system without one
+        return None
+
+
+def trustworthy(entry: dict[str, object], now: float) -> bool:
+    """A cached reading to use again: taken by this hpstudy (torch is in the key), within
+    MAX_AGE_DAYS, under a load no higher than the core count."""
+    load, at = entry.get("load"), entry.get("measured_at")
+    if entry.get("hpstudy") != __version__ or not isinstance(at, int | float):
+        return False
+    if not 0 <= now - at <= MAX_AGE_DAYS * 86400:
+        return False
+    return isinstance(load, int | float) and load <= (os.cpu_count() or 1)
+
+
+def cached_speed(entry: object, now: float | None = None) -> Speed | None:
+    """A cache entry as a Speed, or None where it is not one (an older or foreign file) or
+    is not to be trusted any more (`trustworthy`)."""
     rates = ("train_images_per_s", "eval_images_per_s", "checkpoint_seconds")
     if not isinstance(entry, dict) or not isinstance(entry.get("device_name"), str):
         return None
     values = [entry.get(k) for k in rates]
     if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values):
         return None
-    return Speed(entry["device_name"], *map(float, values), measured_now=False)  # type: ignore[arg-type]
+    if not trustworthy(entry, time.time() if now is None else now):
+        return None
+    spread = entry.get("spread")
+    return Speed(
+        entry["device_name"],
+        *map(float, values),  # type: ignore[arg-type]
+        measured_now=False,
+        spread=float(spread) if isinstance(spread, int | float) else 0.0,
+        load=float(entry["load"]),  # type: ignore[arg-type]
+        measured_at=float(entry["measured_at"]),  # type: ignore[arg-type]
+        hpstudy=__version__,
+    )
 
 
-def measure_speed(config: RunConfig, device: str | None = None) -> Speed:
+def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool = False) -> Speed:
     """The study's model on the device (random images: speed does not depend on them), a few
-    steps timed; read from the cache where measured before. Called where runs run."""
+    windows of steps timed; read from the cache where measured before and still trusted
+    (`trustworthy`), unless `remeasure`. Called where runs run."""
     if device is not None:
         config = config.model_copy(update={"device": device})
     ex = Execution.resolve(config)
     config = config.for_device(ex.device.type)
     path, key = cache_path(), speed_key(config, ex)
-    if (cached := cached_speed(read_cache(path).get(key))) is not None:
+    if not remeasure and (cached := cached_speed(read_cache(path).get(key))) is not None:
         return cached
     warmup, steps, eval_batches = MEASURE.get(ex.device.type, MEASURE["cuda"])
     gen = torch.Generator().manual_seed(0)
@@ -195,13 +236,25 @@ def measure_speed(config: RunConfig, device: str | None = None) -> Speed:
     rng = torch.get_rng_state()  # measuring must not move the run's own random stream
     trainer = Trainer.create(config, ex)
     trainer.train_epoch(d.head(train=warmup * config.batch_size), 10_000, False)
-    train_seconds = timed(ex, lambda: trainer.train_epoch(d, 0, False))
+    load = load_average()
+    windows = sorted(timed(ex, lambda: trainer.train_epoch(d, 0, False)) for _ in range(WINDOWS))
+    train_seconds = windows[len(windows) // 2]
     trainer.evaluate(d.head(val=ex.eval_batch_size))
     eval_seconds = timed(ex, lambda: trainer.evaluate(d))
     with tempfile.TemporaryDirectory(prefix="hpstudy-speed-") as tmp:
         ckpt = timed(ex, lambda: RunDir(tmp).save_checkpoint(trainer.state()))
     torch.set_rng_state(rng)
-    speed = Speed(device_name(ex.device), train_n / train_seconds, val_n / eval_seconds, ckpt)
+    after = load_average()
+    speed = Speed(
+        device_name(ex.device),
+        train_n / train_seconds,
+        val_n / eval_seconds,
+        ckpt,
+        spread=(windows[-1] - windows[0]) / train_seconds,
+        load=max(load, after) if load is not None and after is not None else load,
+        measured_at=time.time(),
+        hpstudy=__version__,
+    )
     store(path, key, speed)
     return speed
 
@@ -239,6 +292,19 @@ def epochs_in(folder: StudyFolder, config: RunConfig) -> int:
 # ---------------------------------------------------------------- words
 
 
+def speed_note(speed: Speed, now: float | None = None) -> str:
+    """How far to trust a speed: when it was measured, how noisy, under what load."""
+    if speed.measured_now:
+        when = "measured now"
+    else:
+        age = max(0.0, (time.time() if now is None else now) - speed.measured_at)
+        when = f"measured {duration(age)} ago, cached per user in {cache_path()}"
+    cores = os.cpu_count() or 1
+    load = f", load {speed.load:.1f} on {cores} cores" if speed.load is not None else ""
+    return f"{when}; windows within ±{50 * speed.spread:.0f} %{load}"
+
+
+
 def cost_block(name: str, cost: StudyCost, cheaper: list[StudyCost], speed: Speed) -> list[str]:
     """The lines `study run` prints before anything trains."""
     to_train = cost.epochs - cost.done_epochs
@@ -250,11 +316,10 @@ def cost_block(name: str, cost: StudyCost, cheaper: list[StudyCost], speed: Spee
             f"{to_train:,} epochs left to train"
         )
     lines.append(f"  images per epoch: {cost.train_images:,} train, {cost.val_images:,} val")
-    how = "measured now" if speed.measured_now else "measured before, cached"
     lines.append(
         f"  predicted on {speed.device_name}: {duration(cost.seconds or 0.0)} "
         f"(train {speed.train_images_per_s:.0f} img/s, eval {speed.eval_images_per_s:.0f} "
-        f"img/s, {how})"
+        f"img/s, {speed_note(speed)})"
     )
     if cheaper:
         lines.append(
@@ -274,5 +339,6 @@ __all__ = [
     "epoch_seconds",
     "epochs_in",
     "measure_speed",
+    "speed_note",
     "study_cost",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -82,6 +83,17 @@ def is_held(folder: Path) -> bool:
     return False
 
 
+def held_since(folder: Path) -> float | None:
+    """When the `study run` that holds `folder`'s lock took it (the lock file's time: the
+    holder writes its pid on taking it); None when no one holds it."""
+    if not is_held(folder):
+        return None
+    try:
+        return lock_path(folder).stat().st_mtime
+    except OSError:
+        return None
+
+
 def take(fd: int, folder: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,7 +112,13 @@ def take(fd: int, folder: Path) -> None:
 def holder(path: Path) -> str:
     """`process PID on HOST` as the holder wrote it, or as much as can be read."""
     try:
-        fields = path.read_bytes()[:200].decode("utf-8", "replace").split()
+        # 200 bytes at most, without waiting: the lock may have been replaced by a device
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            head = os.read(fd, 200) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+        fields = head.decode("utf-8", "replace").split()
     except OSError:
         fields = []
     if fields and fields[0].isdigit():

@@ -22,8 +22,12 @@ from hpstudy.study.budget import (
 )
 from hpstudy.study.spec import StudyConfig
 
-# beyond this many combinations of earlier winners, each is checked on its own
+# beyond this many combinations of earlier winners, or this many configurations (those
+# combinations times a stage's candidates), a stage is checked linearly: each candidate with
+# the first winners, each earlier winner with the first candidate, so validation grows with
+# the draws, not with their product
 MAX_WINNER_COMBINATIONS = 4096
+MAX_CHECKED_CONFIGS = 20_000
 
 
 def is_count(value: Any) -> bool:
@@ -95,18 +99,26 @@ class Plan:
         search space by each bound and each choice of each field."""
         self.config_for_base()
         stages = self.study.stages
+        assignments: list[list[dict[str, Any]]] = []  # each stage's candidates, as fields
+        seed = self.study.seeds[0]
         for k in range(len(stages)):
-            earlier = [[stages[j].assignment(v) for v in stages[j].candidates()] for j in range(k)]
-            if math.prod(len(c) for c in earlier) <= MAX_WINNER_COMBINATIONS:
-                combos = (
-                    {key: v for assignment in pick for key, v in assignment.items()}
-                    for pick in itertools.product(*earlier)
-                )
+            earlier = assignments[:k]
+            candidates = stages[k].candidates()
+            combinations = math.prod(len(c) for c in earlier)
+            if (combinations <= MAX_WINNER_COMBINATIONS
+                    and combinations * len(candidates) <= MAX_CHECKED_CONFIGS):  # fmt: skip
+                for pick in itertools.product(*earlier):
+                    winners = {key: v for assignment in pick for key, v in assignment.items()}
+                    for value in candidates:
+                        self.config(k, value, winners, seed)
             else:
-                combos = (assignment for c in earlier for assignment in c)
-            for winners in combos:
-                for value in stages[k].candidates():
-                    self.config(k, value, winners, self.study.seeds[0])
+                first = {key: v for c in earlier for key, v in c[0].items()}
+                for value in candidates:
+                    self.config(k, value, first, seed)
+                for c in earlier:
+                    for assignment in c:
+                        self.config(k, candidates[0], {**first, **assignment}, seed)
+            assignments.append([stages[k].assignment(v) for v in candidates])
 
     def config_for_base(self) -> RunConfig:
         where = f"{self.study.source}: base"

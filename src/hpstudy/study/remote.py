@@ -38,11 +38,17 @@ def data_summary(
 
 
 def opening(
-    options: DataOptions, split_seed: int, dataset: str, config: RunConfig, device: str | None
+    options: DataOptions,
+    split_seed: int,
+    dataset: str,
+    config: RunConfig,
+    remeasure: bool,
+    device: str | None,
 ) -> tuple[dict[str, Any], Speed]:
     """Before anything trains: the data summary and the study's model timed on the device
-    (read from the speed cache where measured before)."""
-    return data_summary(options, split_seed, dataset, device), measure_speed(config, device)
+    (read from the speed cache where measured before and trusted, unless `remeasure`)."""
+    summary = data_summary(options, split_seed, dataset, device)
+    return summary, measure_speed(config, device, remeasure)
 
 
 def closing(final_dirs: list[str], options: DataOptions, device: str | None) -> dict[str, Any]:

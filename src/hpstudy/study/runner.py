@@ -168,6 +168,7 @@ def run(
     root: str | None = None,
     verify: bool | None = None,
     device: str | None = None,
+    remeasure: bool = False,
     **executor_options: Any,
 ) -> StudyResult:
     """Run (or resume) a study; returns its result. Writes the report at the end.
@@ -176,7 +177,8 @@ def run(
     train); `until_decided` gives an undecided stage one more seed at a time, up to that
     many, before the next starts; `follow="published"` starts each stage from the
     published winners before it; `split_follows_seed` draws each run's split from its
-    seed (part of the identity). `device` and `executor_options` configure an executor
+    seed (part of the identity); `remeasure` times the model anew instead of trusting the
+    speed cache. `device` and `executor_options` configure an executor
     given by name (local: devices, runs_per_device; ray: address; slurm: slurm=
     SlurmOptions(...) or slurm_time=..., as its command-line options' dests); the study
     opens it on its folder (`Executor.open`, where it has one) and closes it at the end."""
@@ -212,7 +214,9 @@ def run(
     try:
         if callable(opened := getattr(runner, "open", None)):
             opened(folder.path)  # where it keeps files of its own (slurm: its job logs)
-        session = StudySession(config, budget, folder, runner, options, follow, until_decided)
+        session = StudySession(
+            config, budget, folder, runner, options, follow, until_decided, remeasure
+        )
         state = session.run(record, write_report)
     finally:
         if owned:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from hpstudy.study.plan import Plan
 
 JOURNAL_FOLDER = "optuna"
+JOURNAL_CAP = 1 << 30  # bytes: an Optuna journal the report reads (10,000 trials: ~50 MB)
 # where workers find the trial reporter (a run hook named by reference: no registration)
 OPTUNA_HOOK = "hpstudy.study.search:OptunaTrialHook"
 
@@ -333,8 +334,21 @@ def load_stage_study(study_dir: Path, stage: StageState) -> Any:
     optuna = import_optuna()
     if stage.journal is None or not (study_dir / stage.journal).is_file():
         raise HpstudyError(f"stage {stage.name!r}: its Optuna journal is missing")
-    storage = open_storage(study_dir / stage.journal)
-    return optuna.load_study(study_name=stage.optuna_study, storage=storage)
+    journal = study_dir / stage.journal
+    if Path(stage.journal).is_absolute() or ".." in Path(stage.journal).parts:
+        raise HpstudyError(
+            f"stage {stage.name!r}: journal {stage.journal!r} is not in the study folder"
+        )
+    if journal.stat().st_size > JOURNAL_CAP:
+        raise HpstudyError(f"{journal}: larger than an Optuna journal of a study may be")
+    storage = open_storage(journal)
+    try:
+        return optuna.load_study(study_name=stage.optuna_study, storage=storage)
+    except (KeyError, ValueError) as err:  # no such study in the journal
+        raise HpstudyError(
+            f"{journal}: holds no Optuna study {stage.optuna_study!r} (state.json, stage "
+            f"{stage.name!r}, optuna_study): {err}"
+        ) from None
 
 
 __all__ = [

@@ -52,6 +52,9 @@ from hpstudy.study.state import (
     StudyRecord,
     StudyState,
     TestTop1,
+    TestTouch,
+    setting_hash,
+    tested_configs,
 )
 from hpstudy.study.status import folder_progress
 
@@ -60,7 +63,8 @@ logger = logging.getLogger(__name__)
 class StudySession:
     """`study` at `budget` in `folder`, its runs handed to `executor`, the data read as
     `data` says; `follow` whose winners each stage starts from, `until_decided` how many
-    seeds an undecided fixed stage may grow to. `run()` does the whole study."""
+    seeds an undecided fixed stage may grow to, `remeasure` whether to time the model anew.
+    `run()` does the whole study."""
 
     def __init__(
         self,
@@ -71,6 +75,7 @@ class StudySession:
         data: DataOptions,
         follow: Follow = "own",
         until_decided: int | None = None,
+        remeasure: bool = False,
     ) -> None:
         self.study = study
         self.budget = budget
@@ -79,6 +84,7 @@ class StudySession:
         self.data = data
         self.follow: Follow = follow
         self.until_decided = until_decided
+        self.remeasure = remeasure  # time the model again, whatever the speed cache holds
         self.plan = Plan(study, budget, executor.device_type())
         self.plan.validate()
         self.winners: dict[str, Any] = {}  # the fields carried forward by the stages so far
@@ -95,7 +101,7 @@ class StudySession:
         split_seed = self.study.seeds[0] if self.study.split_follows_seed else base.split_seed
         # with split_follows_seed the data section describes the first seed's split
         summary, speed = self.executor.call(
-            remote.opening, self.data, split_seed, base.dataset, base
+            remote.opening, self.data, split_seed, base.dataset, base, self.remeasure
         )
         cost = self.announce_cost(summary, speed)
         # the folder is made only once the data is there (no half-claimed folder), and
@@ -298,20 +304,25 @@ class StudySession:
             p = folder_progress(self.folder, self.current)
         except HpstudyError:
             return  # the bar is not the study: a folder that cannot say leaves it as it was
-        show_progress(p.runs_done, p.epochs_done)
+        show_progress(p.runs_done, p.epochs_done, p.seconds_per_epoch)
 
     # ------------------------------------------------------------ the test, once
 
     def final_evaluation(self) -> tuple[FinalResult, dict[str, str]]:
         """The winner of the last stage, every finished seed, evaluated on test exactly once
-        (in one call where the runs run, with the export and the environment)."""
+        (in one call where the runs run, with the export and the environment); every test
+        evaluation, this one's and any earlier one's, recorded in the study's ledger before
+        its result is used."""
         folder, options = self.folder, self.data
         last = self.current.stages[-1]
         assert last.winner is not None  # a stage without a winner stopped the study
         final_setting = last.carried if last.carried is not None else last.winner
         entries = [e for e in last.settings[final_setting].runs if e.status == RunStatus.FINISHED]
         paths = [str((folder.path / e.run_dir).resolve()) for e in entries]
+        config_hash = setting_hash(RunDir(paths[0]).read_config())
+        self.warn_of_other_touches(folder.record_test_touches(self.study.seeds), config_hash)
         closed = self.executor.call(remote.closing, paths, options)
+        touches = folder.record_test_touches(self.study.seeds)
         runs = []
         for entry, test in zip(entries, closed["tests"], strict=True):
             ledger = RunDir(folder.path / entry.run_dir).read_summary().test_evaluations  # type: ignore[union-attr]
@@ -347,7 +358,23 @@ class StudySession:
             test_top5=stat("top5"),
             test_loss=stat("loss"),
             device=(summary.device_name if summary else None) or "unknown",
+            config_hash=config_hash,
+            test_touches=touches,
         ), closed["environment"]
+
+    def warn_of_other_touches(self, touches: list[TestTouch], config_hash: str) -> None:
+        """Say, before testing, that the test split has already met another configuration
+        (a rerun whose final winner changed): the report will list every one."""
+        others = [c for c in tested_configs(touches) if c != config_hash]
+        if not others:
+            return
+        shown = ", ".join(others)
+        logger.warning(
+            f"the final winner changed (or another run was tested by hand): the test split "
+            f"was already evaluated on {len(others)} other configuration"
+            f"{'s' if len(others) > 1 else ''} ({shown}); testing the final winner "
+            f"({config_hash}) too: the report lists every test touch"
+        )
 
 
 class Counted:

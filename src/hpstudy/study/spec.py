@@ -36,7 +36,7 @@ from pydantic_core import PydanticCustomError
 
 from hpstudy.config import MAX_SEED
 from hpstudy.errors import HpstudyError
-from hpstudy.files import errors_message
+from hpstudy.files import errors_message, read_capped
 from hpstudy.study.kinds import (
     RESERVED_FIELDS,
     Scalar,
@@ -48,6 +48,10 @@ from hpstudy.study.kinds import (
 from hpstudy.study.kinds.values import Published as Published  # state.json holds them
 
 MAX_NAME = 100
+# the most runs a study file may imply (each stage's settings times the seeds, summed):
+# far beyond any study on one machine, and checked before any setting is listed
+MAX_STUDY_RUNS = 20_000
+STUDY_FILE_CAP = 2**20  # bytes: a study file (the full study's is ~6 kB)
 # control, format, surrogate and line/paragraph-separator characters: never in a name
 NON_PRINTING = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 Selection = Literal["val_acc", "val_loss"]
@@ -161,6 +165,13 @@ class StudyConfig(BaseModel):
         for key in self.base:
             if key in RESERVED_FIELDS:
                 raise ValueError(f"base may not set {key!r}: seeds and stages decide it")
+        runs = sum(stage.size() for stage in self.stages) * len(self.seeds)
+        if runs > MAX_STUDY_RUNS:
+            raise ValueError(
+                f"the study implies {runs:,} runs (each stage's settings times "
+                f"{len(self.seeds)} seeds); a study may imply at most {MAX_STUDY_RUNS:,} "
+                "(MAX_STUDY_RUNS)"
+            )
         return self
 
     def identity(self, budget: str) -> dict[str, Any]:
@@ -214,10 +225,7 @@ def study_text(spec: str | Path) -> tuple[str, str]:
         raw = (resources.files("hpstudy") / "studies" / f"{spec}.toml").read_bytes()
     elif path.is_file():
         where = str(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            raise HpstudyError(f"{path}: cannot read ({err.strerror or err})") from None
+        raw = read_capped(path, STUDY_FILE_CAP)
     else:
         known = ", ".join(builtin_names())
         raise HpstudyError(f"{spec}: no such study file or built-in study (built-ins: {known})")

@@ -10,21 +10,32 @@ empty one) and holds the one-writer lock.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
-from hpstudy.files import read_model, write_model
+from hpstudy.files import TEXT_CAP, parse_model, read_capped, read_model, write_atomic, write_model
 from hpstudy.run import RunStatus
-from hpstudy.run.folder import not_a_folder
+from hpstudy.run.folder import RunDir, not_a_folder
 from hpstudy.study.lock import LOCK_NAME, check_free, hold
 from hpstudy.study.spec import Published, ReportSpec, Selection, StudyConfig, validate_study
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# bounds on what a state.json may hold, so a tampered one cannot make `report` or `status`
+# slow: far beyond any study hpstudy writes (MAX_SETTINGS settings a stage, a few seeds)
+MAX_STAGES = 100
+MAX_STAGE_SETTINGS = 10_000
+MAX_SEEDS = 1_000
+MAX_CLASSES = 1_000
+MAX_LEDGER = 100_000  # test evaluations recorded for one study
+Interval = Annotated[list[float], Field(min_length=2, max_length=2)]  # 95 %: [low, high]
 StudyStatus = Literal["running", "incomplete", "finished"]
 Follow = Literal["own", "published"]
 
@@ -76,13 +87,13 @@ class Comparison(Record):
 
     setting: str
     difference: float | None
-    ci95: list[float] | None
+    ci95: Interval | None
     p_value: float | None
     prob_better: float | None
     test: str
     seeds: int = 0  # paired seeds the comparison rests on
-    images_ci95: list[float] | None = None
-    prob_better_ci95: list[float] | None = None
+    images_ci95: Interval | None = None
+    prob_better_ci95: Interval | None = None
     decision_ci: list[float] | None = None
     setting_lost: int = 0  # seeds the setting diverged or failed on and the winner finished
     winner_lost: int = 0  # seeds the winner diverged or failed on and the setting finished
@@ -93,7 +104,7 @@ class StageState(Record):
     field: str  # the varied fields, ", "-joined
     figure: int | None
     epochs: int
-    settings: list[SettingState]
+    settings: list[SettingState] = Field(max_length=MAX_STAGE_SETTINGS)
     published_winner: str | None
     winner: int | None = None
     runner_up: int | None = None
@@ -105,13 +116,27 @@ class StageState(Record):
     kind: str = "values"  # the stage kind's name (hpstudy.study.kinds)
     journal: str | None = None  # an optuna stage's journal, relative to the study folder
     optuna_study: str | None = None  # its study's name in that journal
-    comparisons: list[Comparison] = []  # the winner against every other usable setting
+    comparisons: list[Comparison] = Field([], max_length=MAX_STAGE_SETTINGS)
     # every comparison's decision interval lies on the winner's side (two seeds or more)
     decided: bool = False
     ranked_on: list[int] | None = None  # the seeds the winner was ranked on (every setting's)
     looks: int = 0  # how often --until-decided judged the stage (each look spends α)
     alpha_spent: float = 0.0  # the error rate those looks spent, of ALPHA
     carried: int | None = None  # the setting later stages start from (None: the winner)
+
+    @model_validator(mode="after")
+    def _indices(self) -> StageState:
+        """winner, runner_up and carried name one of the stage's settings."""
+        for key in ("winner", "runner_up", "carried"):
+            index = getattr(self, key)
+            if index is not None and not 0 <= index < len(self.settings):
+                raise ValueError(
+                    f"{key} {index} names no setting of stage {self.name!r} "
+                    f"({len(self.settings)} settings)"
+                )
+        if self.kind == "optuna" and (self.journal is None) != (self.optuna_study is None):
+            raise ValueError(f"stage {self.name!r}: journal and optuna_study go together")
+        return self
 
 
 class DataSummary(Record):
@@ -122,20 +147,20 @@ class DataSummary(Record):
     val_size: int
     test_size: int
     num_classes: int
-    mean: list[float]
-    std: list[float]
+    mean: list[float] = Field(max_length=4)
+    std: list[float] = Field(max_length=4)
     val_indices_sha256: str
     class_proportion_min: float
     class_proportion_max: float
     class_proportion_mean: float
-    class_proportions: list[float]
+    class_proportions: list[float] = Field(max_length=MAX_CLASSES)
 
 
 class SplitScores(Record):
     loss: float
     top1: float
     top5: float
-    superclass_top1: dict[str, float]
+    superclass_top1: dict[str, float] = Field(max_length=MAX_CLASSES)
 
 
 class FinalRun(Record):
@@ -146,20 +171,48 @@ class FinalRun(Record):
     test_evaluations: int  # how often the ledger says this run met the test split
 
 
+class TestTouch(Record):
+    """One evaluation of the test split made for the study: a line of test_ledger.jsonl."""
+
+    run_hash: str
+    run_dir: str  # relative to the study folder
+    index: int  # its place in the run's own ledger (summary.json): each is recorded once
+    at: str  # when it was evaluated (the run's ledger)
+    config_hash: str  # the configuration tested: the run's, seed and split seed left out
+    top1: float
+    seeds: list[int]  # the seeds of the `study run` that recorded it
+
+
+def setting_hash(config: RunConfig) -> str:
+    """A short hash of the configuration a run tests, its seed and split seed left out: the
+    final runs of one setting share it, another setting's differ."""
+    identity = {k: v for k, v in config.identity().items() if k not in ("seed", "split_seed")}
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def tested_configs(touches: list[TestTouch]) -> list[str]:
+    """The distinct configurations that met the test split, in the order they first did."""
+    return list(dict.fromkeys(t.config_hash for t in touches))
+
+
 class TestTop1(Stat):
     """Test top-1 over seeds with its 95 % interval (None where predictions are missing)."""
 
-    ci95: list[float] | None = None
+    ci95: Interval | None = None
     interval: str | None = None  # how the interval was made (Wilson, t-interval over runs)
 
 
 class FinalResult(Record):
     config: dict[str, Any]  # the winning configuration, seed left out
-    runs: list[FinalRun]
+    runs: list[FinalRun] = Field(min_length=1, max_length=MAX_SEEDS)
     test_top1: TestTop1
     test_top5: Stat
     test_loss: Stat
     device: str
+    config_hash: str | None = None  # `setting_hash` of the configuration reported
+    # every test evaluation made for the study (test_ledger.jsonl), this one's and any other's
+    test_touches: list[TestTouch] = Field([], max_length=MAX_LEDGER)
 
     @field_validator("test_top1", mode="before")
     @classmethod
@@ -172,12 +225,12 @@ class StudyState(Record):
     name: str
     budget: str
     study_hash: str
-    seeds: list[int]
+    seeds: list[int] = Field(min_length=1, max_length=MAX_SEEDS)
     selection: Selection
     status: StudyStatus
     report: ReportSpec
     data: DataSummary
-    stages: list[StageState]
+    stages: list[StageState] = Field(max_length=MAX_STAGES)
     final: FinalResult | None
     environment: dict[str, str]
     wall_seconds_this_invocation: float | None = None
@@ -222,6 +275,7 @@ class StudyRecord(Record):
 # the lock, study.json on its way, and the slurm executor's job logs (its first job, the
 # data summary, runs before study.json is written)
 OWN_BEFORE_RECORD = frozenset({LOCK_NAME, "study.json.tmp", "slurm"})
+LEDGER_NAME = "test_ledger.jsonl"
 
 
 class StudyFolder:
@@ -246,6 +300,10 @@ class StudyFolder:
     @property
     def report_path(self) -> Path:
         return self.path / "report.md"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / LEDGER_NAME
 
     def run_dir(self, run_hash: str) -> Path:
         return self.path / "runs" / run_hash
@@ -340,12 +398,64 @@ class StudyFolder:
         return study
 
     def read_state(self) -> StudyState:
-        if not self.state_path.is_file():
+        if not self.state_path.exists():
             raise HpstudyError(f"{self.path}: not a study folder (no state.json)")
         return read_model(self.state_path, StudyState, "state")
 
     def write_state(self, state: StudyState) -> None:
         write_model(self.state_path, state, "state")
+
+    # ------------------------------------------------------------ the test ledger
+
+    def read_ledger(self) -> list[TestTouch]:
+        """test_ledger.jsonl: every test evaluation recorded for the study, oldest first."""
+        if not self.ledger_path.exists():
+            return []
+        path = self.ledger_path
+        try:
+            lines = read_capped(path, TEXT_CAP).decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise HpstudyError(f"{path}: not UTF-8 text ({err})") from None
+        touches = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                raw = json.loads(line)
+            except (ValueError, RecursionError) as err:
+                raise HpstudyError(f"{path}: line {number} is not JSON ({err})") from None
+            touches.append(parse_model(TestTouch, raw, f"{path}: line {number}"))
+        return touches
+
+    def record_test_touches(self, seeds: list[int]) -> list[TestTouch]:
+        """Append to the ledger every test evaluation a run folder of the study keeps and the
+        ledger lacks (whoever made it: a `study run`, `hpstudy evaluate`, an earlier hpstudy),
+        `seeds` the invocation's; returns the whole ledger. Called under the lock."""
+        ledger = self.read_ledger()
+        known = {(t.run_hash, t.index) for t in ledger}
+        new = []
+        runs = self.path / "runs"
+        for path in sorted(runs.iterdir()) if runs.is_dir() else []:
+            run = RunDir(path)
+            summary = run.read_summary() if run.summary_path.exists() else None
+            if summary is None or not summary.test_evaluations:
+                continue
+            config = setting_hash(run.read_config())
+            for index, evaluation in enumerate(summary.test_evaluations):
+                if (evaluation.run_hash, index) in known:
+                    continue
+                new.append(TestTouch(
+                    run_hash=evaluation.run_hash,
+                    run_dir=path.relative_to(self.path).as_posix(),
+                    index=index,
+                    at=evaluation.at,
+                    config_hash=config,
+                    top1=evaluation.top1,
+                    seeds=seeds,
+                ))  # fmt: skip
+        if new:
+            ledger += new
+            text = "".join(t.model_dump_json() + "\n" for t in ledger)
+            write_atomic(self.ledger_path, text.encode())
+        return ledger
 
     def drop_report(self) -> None:
         """Remove report.md before the state changes: a report is current only if written

@@ -18,9 +18,9 @@ from hpstudy.errors import HpstudyError
 from hpstudy.progress import duration, watch
 from hpstudy.run import RunDir, RunStatus
 from hpstudy.study.cost import epochs_in
-from hpstudy.study.lock import is_held
+from hpstudy.study.lock import held_since, is_held
 from hpstudy.study.plan import Plan
-from hpstudy.study.state import StudyFolder, StudyState
+from hpstudy.study.state import StudyFolder, StudyState, tested_configs
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,39 @@ def folder_progress(folder: StudyFolder, state: StudyState) -> Progress:
     )
 
 
+def run_state(run_dir: RunDir, rows: list[Any], since: float | None) -> str:
+    """A run's state as status shows it: `running` for one the `study run` holding the folder
+    (since `since`) has started or resumed and not ended, else its folder's status."""
+    status = run_dir.status()
+    if status == RunStatus.PENDING and rows:
+        status = RunStatus.PARTIAL
+    if since is None or status not in (RunStatus.PENDING, RunStatus.PARTIAL):
+        return str(status)
+    touched = [p.stat().st_mtime for p in (run_dir.config_path, run_dir.checkpoint_path)
+               if p.is_file()]  # fmt: skip
+    return "running" if touched and max(touched) >= since else str(status)
+
+
+def ledger_line(folder: StudyFolder, state: StudyState) -> str | None:
+    """How often, and on which configurations, the test split was evaluated (the ledger)."""
+    try:
+        touches = folder.read_ledger()
+    except HpstudyError as err:
+        return f"test split: the ledger cannot be read ({err})"
+    if not touches:
+        return None
+    reported = state.final.config_hash if state.final is not None else None
+    configs = tested_configs(touches)
+    shown = ", ".join(c + (" (reported)" if c == reported else "") for c in configs)
+    times = "once" if len(touches) == 1 else f"{len(touches)} times"
+    many = "configuration" if len(configs) == 1 else "distinct configurations"
+    return f"test split: evaluated {times} on {len(configs)} {many}: {shown}"
+
+
 def status_text(out: str | Path) -> str:
     folder = StudyFolder(out)
     state = folder.read_state()
+    since = held_since(folder.path) if state.status == "running" else None
     lines = [
         f"{state.name} ({state.budget}): {state.status}",
         f"{'stage':16} {'setting':12} {'seed':>4} {'state':9} {'epoch':>7} {'val_acc':>8}  run",
@@ -95,9 +125,7 @@ def status_text(out: str | Path) -> str:
             for run in setting.runs:
                 run_dir = RunDir(folder.path / run.run_dir)
                 rows = run_dir.read_metrics()
-                status = run_dir.status()
-                if status == RunStatus.PENDING and rows:
-                    status = RunStatus.PARTIAL
+                status = run_state(run_dir, rows, since)
                 epoch = f"{rows[-1]['epoch'] if rows else 0}/{stage.epochs}"
                 acc = f"{rows[-1]['val_acc']:.4f}" if rows else "—"
                 marks = (" (reused)" if run.reused else "") + (" *" if k == stage.winner else "")
@@ -112,6 +140,8 @@ def status_text(out: str | Path) -> str:
         t = state.final.test_top1
         spread = f" ± {t.std:.4f} (n={t.n})" if t.n > 1 else ""
         lines.append(f"final test top-1 {t.mean:.4f}{spread}")
+    if touched := ledger_line(folder, state):
+        lines.append(touched)
     if state.status != "finished":
         lines.append(progress_line(folder, state))
     return "\n".join(lines)

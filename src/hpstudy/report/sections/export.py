@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hpstudy.export import latency_table, load_text
 from hpstudy.report.blocks import (
     Block,
     FigureNumbers,
@@ -15,7 +16,7 @@ from hpstudy.report.blocks import (
 from hpstudy.report.text import num, text
 from hpstudy.study.analysis import Analysis
 
-HEADER = ["runtime", "batch 1 latency (ms, median)", "batch 256 throughput (images/s)"]
+HEADER = ["runtime", "batch 1 latency (ms, median, 10-90 %)", "batch 256 throughput (images/s)"]
 CSV_HEADER = ["runtime", "latency_ms_batch1_median", "throughput_images_per_s_batch256",
               "latency_runs"]  # fmt: skip
 
@@ -42,12 +43,13 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
             f"{c['top1_agreement']:.4f} (at least {c['tolerance']['min_top1_agreement']}): "
             f"{verdict}."
         ))  # fmt: skip
-    rows, csv_rows = [], []
+    rows, csv_rows = latency_table(export), []
     for name, t in export.get("latency", {}).items():
         ms, ips = t["latency_ms_batch1_median"], t["throughput_images_per_s_batch256"]
-        rows.append([name, f"{ms:.2f}", f"{ips:.0f}"])
         csv_rows.append([name, num(ms), num(ips), t["latency_runs"]])
-    blocks += [Para(f"CPU timings ({export['threads']} threads):"), Table(HEADER, rows)]
+    load = load_text(export)
+    under = f", {text(load)}" if load else ""
+    blocks += [Para(f"CPU timings ({export['threads']} threads{under}):"), Table(HEADER, rows)]
     return Rendered(blocks, [NamedTable("export", HEADER, rows, CSV_HEADER, csv_rows)])
 
 

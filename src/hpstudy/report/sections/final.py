@@ -67,6 +67,24 @@ def selected_weights_text(config: dict[str, Any]) -> str:
     return "Selected and tested weights: the weights at the final epoch."
 
 
+LEDGER_HEADER = ["configuration", "run", "evaluated at", "test top-1", "seeds of the study run",
+                 "reported"]
+LEDGER_CSV = ["config_hash", "run_hash", "at", "test_top1", "seeds", "reported"]
+
+
+def ledger_text(final: FinalAnalysis) -> str:
+    """How often, and on how many configurations, the test split was evaluated (the ledger)."""
+    touches, configs = final.test_touches, final.tested_configs
+    if not touches:  # a state written before the study kept a ledger
+        return touched_text(final.most_test_evaluations)
+    if len(configs) == 1 and len(touches) == len(final.runs):
+        return (f"The test split was evaluated once per final run, on the final configuration "
+                f"only ({code(configs[0])}; the study's test ledger).")  # fmt: skip
+    return (f"The test split was evaluated {plural(len(touches), 'time')} on "
+            f"{plural(len(configs), 'configuration')} "
+            f"({', '.join(code(c) for c in configs)}; the study's test ledger, listed below).")
+
+
 def touched_text(most: int) -> str:
     if most > 1:
         return (f"Note: the test split was evaluated up to {most} times on a final run "
@@ -86,6 +104,18 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
                            "evaluation, and the test split has not been touched."))  # fmt: skip
         return Rendered(blocks, [NamedTable("final", HEADER, [], csv_header, [])])
 
+    if len(final.tested_configs) > 1:
+        others = [c for c in final.tested_configs if c != final.config_hash]
+        reported = code(final.config_hash or DASH)
+        blocks.append(Para(
+            f"**The test split was evaluated on {len(final.tested_configs)} distinct "
+            f"configurations, not one.** The result below is that of {reported}, "
+            f"the final winner of the last `study run`; the test split also met "
+            f"{', '.join(code(c) for c in others)} (a rerun that changed the winner, say with "
+            "other seeds, or a run tested by hand). A test number picked among several "
+            "configurations is no longer an untouched estimate: every test touch is listed at "
+            "the end of this section."
+        ))  # fmt: skip
     top1, loss_published = final.test_top1, final.published_loss
     within = f" (95 % interval {fmt_interval(top1.ci95)})" if top1.ci95 else ""
     measured = [
@@ -116,9 +146,21 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
     blocks.append(Table(HEADER, rows))
     blocks.append(Para(
         "Selection used the validation split only, carved out of the official training set; "
-        f"the test split played no part in it. {touched_text(final.most_test_evaluations)}"
+        f"the test split played no part in it. {ledger_text(final)}"
     ))  # fmt: skip
     tables = [NamedTable("final", HEADER, rows, csv_header, csv_rows)]
+    if len(final.tested_configs) > 1 or len(final.test_touches) > len(final.runs):
+        rows, csv_rows = [], []
+        for t in final.test_touches:
+            reported = "yes" if t.config_hash == final.config_hash else "no"
+            seeds = ", ".join(str(s) for s in t.seeds) or DASH
+            rows.append([code(t.config_hash), code(t.run_hash), text(t.at), sig3(t.top1), seeds,
+                         reported])  # fmt: skip
+            csv_rows.append([t.config_hash, t.run_hash, t.at, num(t.top1),
+                             " ".join(str(s) for s in t.seeds), reported])  # fmt: skip
+        blocks += [Para("Every evaluation of the test split made for this study (its test "
+                        "ledger, `test_ledger.jsonl`):"), Table(LEDGER_HEADER, rows)]  # fmt: skip
+        tables.append(NamedTable("test_ledger", LEDGER_HEADER, rows, LEDGER_CSV, csv_rows))
 
     if final.superclass:
         rows = [[text(name.replace("_", " ")), fmt_stat(s)] for name, s in final.superclass.items()]

@@ -52,6 +52,10 @@ def scalar(value: Any) -> Any:
 
 
 Scalar = Annotated[Any, AfterValidator(scalar)]
+# the most settings one stage may try (a grid's combinations, a random stage's draws, an
+# optuna stage's trials): checked before any is listed, so a study file cannot make
+# validation run for minutes
+MAX_SETTINGS = 10_000
 
 
 def known_field(name: str) -> str:
@@ -157,6 +161,11 @@ class StageKind(BaseModel):
         """Values standing for whatever the stage may pick, to validate every configuration
         the study can produce before anything trains (default: its settings)."""
         return [value for _, value in self.settings()]
+
+    def size(self) -> int:
+        """How many settings the stage may train, counted without listing or drawing them
+        (a kind overrides it where listing costs: the study's run cap is checked first)."""
+        return len(self.stand_ins())
 
     def stand_ins(self) -> list[Any]:
         """The settings the stage trains, for the cost plan and progress (an adaptive kind:
@@ -268,6 +277,7 @@ def kinds() -> list[str]:
 __all__ = [
     "BUILT_IN",
     "ENTRY_POINT_GROUP",
+    "MAX_SETTINGS",
     "RESERVED_FIELDS",
     "Scalar",
     "Search",

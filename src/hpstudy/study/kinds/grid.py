@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hpstudy.study.kinds import (
+    MAX_SETTINGS,
     Scalar,
     StageKind,
     format_value,
@@ -37,12 +38,22 @@ class GridStage(StageKind):
                 raise ValueError(f"{name}: no values")
             if len({json.dumps(x) for x in values}) != len(values):
                 raise ValueError(f"{name}: values repeat")
+        combinations = math.prod(len(values) for values in v.values())
+        if combinations > MAX_SETTINGS:
+            sizes = " x ".join(str(len(values)) for values in v.values())
+            raise ValueError(
+                f"a grid of {sizes} = {combinations:,} combinations; a stage may try at most "
+                f"{MAX_SETTINGS:,} settings (MAX_SETTINGS): fewer values, or a random stage"
+            )
         return v
 
     @model_validator(mode="after")
     def _overrides(self) -> GridStage:
         self.check_overrides()
         return self
+
+    def size(self) -> int:
+        return math.prod(len(values) for values in self.grid.values())
 
     def varied(self) -> list[str]:
         return list(self.grid)

@@ -44,6 +44,9 @@ class OptunaStage(SearchStage):
             f"{PRUNERS[self.pruner]}): {self.space_text()}"
         )
 
+    def size(self) -> int:
+        return self.n_trials
+
     def candidates(self) -> list[Any]:
         return corners(self.space)
 

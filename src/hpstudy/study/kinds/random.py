@@ -23,6 +23,9 @@ class RandomStage(SearchStage):
 
     words: ClassVar[str] = "A random search over"
 
+    def size(self) -> int:
+        return self.n
+
     def settings(self) -> list[tuple[str, Any]]:
         return [(label_of(a), a) for a in draw_random(self.space, self.n, self.sampler_seed)]
 

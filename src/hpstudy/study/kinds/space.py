@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpstudy.config import MAX_SEED
-from hpstudy.study.kinds import Scalar, StageKind, format_value, known_field
+from hpstudy.study.kinds import MAX_SETTINGS, Scalar, StageKind, format_value, known_field
 
 if TYPE_CHECKING:
     import numpy as np
 
-MAX_DRAWS = 10_000  # settings of one random or optuna stage
+MAX_DRAWS = MAX_SETTINGS  # settings of one random or optuna stage
+MAX_INT_BOUND = 2**62  # an int distribution's bounds: numpy's integers stay in int64
 DISTRIBUTIONS = ("choice", "uniform", "log_uniform", "int")
 
 
@@ -62,8 +63,12 @@ class Distribution(BaseModel):
                 raise ValueError(f"int bounds must be integers (got {lo!r}, {hi!r})")
             if lo > hi:
                 raise ValueError(f"int bounds reversed ({lo} > {hi})")
+            if max(abs(lo), abs(hi)) > MAX_INT_BOUND:
+                raise ValueError(f"int bounds must lie within ±2**62 (got {lo}, {hi})")
         elif not lo < hi:
             raise ValueError(f"{given[0]} bounds must be increasing (got {lo!r}, {hi!r})")
+        elif not math.isfinite(hi - lo):  # checked before any draw: numpy would overflow
+            raise ValueError(f"{given[0]} span {lo!r}..{hi!r} is wider than a float can hold")
         if self.log_uniform is not None and lo <= 0:
             raise ValueError(f"log_uniform bounds must be > 0 (got {lo!r})")
         return self

@@ -60,6 +60,9 @@ class ValuesStage(StageKind):
         self.check_overrides()
         return self
 
+    def size(self) -> int:
+        return len(self.values)
+
     def varied(self) -> list[str]:
         return [self.field]
 
