@@ -108,6 +108,11 @@ class Plan:
                 for value in stages[k].candidates():
                     self.config(k, value, winners, self.study.seeds[0])
 
+    def cautions(self) -> list[str]:
+        """Each stage's valid settings that will not do what they seem to at this budget."""
+        return [line for stage in self.study.stages
+                for line in stage.cautions(budget_epochs(stage.epochs, self.budget))]  # fmt: skip
+
     def config_for_base(self) -> RunConfig:
         where = f"{self.study.source}: base"
         config = parse_model(RunConfig, self.study.base, where)
