@@ -114,6 +114,9 @@ class DataSummary(Record):
     class_proportion_max: float
     class_proportion_mean: float
     class_proportions: list[float]
+    # the first `used_train` train images' class balance, where the runs train on fewer
+    used_train: int | None = None
+    used_class_proportions: list[float] | None = None
 
 
 class SplitScores(Record):
