@@ -29,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 import matplotlib as mpl
 import matplotlib.style
 import numpy as np
+from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import beta as beta_distribution
@@ -297,10 +298,16 @@ def restyle(fig: Figure) -> None:
     """Optuna's ggplot look (grey panels, white grid) in the house style; its axes titles
     dropped (the figure's own title says what it is) and its legends moved outside."""
     fig.set_facecolor("white")
+    # Optuna colours trials on "Blues", whose low end is white: on a white panel the worst
+    # trial's line would vanish; viridis has no white end
+    for mappable in fig.findobj(lambda a: isinstance(a, ScalarMappable)):
+        if mappable.get_cmap().name.startswith("Blues"):
+            mappable.set_cmap("viridis")
     for ax in fig.axes:
         ax.set_facecolor("white")
         ax.grid(True, color="#b0b0b0", alpha=0.3)
-        ax.set_title("")
+        for loc in ("left", "center", "right"):
+            ax.set_title("", loc=loc)
         for spine in ax.spines.values():
             spine.set_visible(True)
             spine.set_color("black")
