@@ -127,8 +127,13 @@ def test_final_result_and_counts(seed_report):
     _, state, analysis = seed_report
     final = analysis.final
     assert final is not None and state.final is not None
-    assert final.shown_config == {"lr": 0.05, "schedule": "cosine", "mixup_alpha": 0.2,
-                                  "epochs": 3}  # fmt: skip
+    # the fields off RunConfig's defaults (lr 0.05 is the default), as TOML and a command
+    assert final.shown_config == {"epochs": 3, "schedule": "cosine", "mixup_alpha": 0.2}
+    assert final.base_toml == '[base]\nepochs = 3\nschedule = "cosine"\nmixup_alpha = 0.2'
+    assert final.train_command == (
+        "hpstudy train --epochs 3 --schedule cosine --mixup-alpha 0.2 --seed 0 "
+        "--out seed-report-final-seed0"
+    )
     assert final.most_test_evaluations == 1 and final.published_top1 == 0.697
     fish = final.superclass["fish"]
     assert fish is not None and (fish.mean, fish.n) == (0.6, 2)

@@ -98,6 +98,30 @@ def test_load_model_returns_the_selected_weights_in_eval_mode(ema_run: Path) -> 
                if v.is_floating_point())  # fmt: skip
 
 
+def test_load_model_of_a_study_folder_is_its_final_run(
+    shipped: tuple[Path, StudyState, dict], ema_run: Path
+) -> None:
+    out = shipped[0]
+    assert "load_model" in dir(hpstudy) and "run_study" in dir(hpstudy)
+    of_study, of_run = hpstudy.load_model(out), hpstudy.load_model(ema_run)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(of_study(x), of_run(x))
+    from hpstudy.study import StudyFolder
+
+    bare = out.parent / "unfinished-study"
+    bare.mkdir(exist_ok=True)
+    state = StudyFolder(out).read_state().model_copy(update={"final": None})
+    StudyFolder(bare).write_state(state)
+    with pytest.raises(HpstudyError, match="final runs have not finished"):
+        hpstudy.load_model(bare)
+
+
+def test_the_exported_files_share_one_mode(exported: tuple[Path, dict]) -> None:
+    out, _ = exported
+    modes = {(out / n).stat().st_mode & 0o777 for n in ("model.safetensors", "model.onnx")}
+    assert len(modes) == 1, modes  # safetensors' save_file alone writes 0600
+
+
 def test_safetensors_round_trips_with_config_and_normalisation(
     ema_run: Path, exported: tuple[Path, dict]
 ) -> None:

@@ -343,7 +343,7 @@ class PruneOdd(optuna.pruners.BasePruner):
         return trial.number % 2 == 1
 
 
-def run_in_process(study: Path, out: Path, root: Path) -> None:
+def run_in_process(study: Path, out: Path, root: Path, seeds: list[int] | None = None) -> None:
     """As `drive` does it, unkilled: one torch thread (CPU sums depend on the count)."""
     import torch
 
@@ -352,10 +352,46 @@ def run_in_process(study: Path, out: Path, root: Path) -> None:
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(search, "make_pruner", lambda name: PruneOdd())
-            state = run_study(study, out=out, budget="smoke", root=str(root), verify=False)
+            state = run_study(study, out=out, budget="smoke", root=str(root), verify=False,
+                              seeds=seeds)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     assert state.status == "finished"
+
+
+def epochs_trained(out: Path) -> int:
+    return sum(len(RunDir(run).read_metrics()) for run in (out / "runs").iterdir())
+
+
+def test_the_cost_of_a_study_grown_by_a_seed_is_the_epochs_it_trains(
+    tmp_path: Path, synthetic_root: Path, speed_cache: Path
+) -> None:
+    """Seed 0 of an Optuna stage (trial 1 pruned), then seeds 0,1 in the same folder: the
+    cost counts the trials the journal holds, not fresh stand-ins, and no later seed of the
+    pruned trial; its prediction of the epochs left is what trains."""
+    from hpstudy.study import session
+
+    study = write(tmp_path, 'name = "grown"\n' + BASE + OPTUNA)
+    out = tmp_path / "out"
+    costs = []
+    real = session.study_cost
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        costs.append(real(*args, **kwargs))
+        return costs[-1]
+
+    with plain_study(speed_cache), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session, "study_cost", spy)
+        run_in_process(study, out, synthetic_root)
+        before = epochs_trained(out)
+        run_in_process(study, out, synthetic_root, seeds=[0, 1])
+    first, grown = costs
+    # no cost can know which trial a pruner will stop: 3 trials of 2 epochs, at most
+    assert (first.epochs, first.done_epochs, before) == (3 * 2, 0, 2 + 1 + 2)
+    # seed 1 of trials 0 and 2 (trial 1's first seed was pruned: it trains no other)
+    assert grown.runs == 3 + 2
+    assert grown.epochs - grown.done_epochs == epochs_trained(out) - before == 2 + 2
+    assert grown.test_seconds is not None and grown.test_images == 2 * 100
 
 
 @pytest.fixture(scope="module")
@@ -424,15 +460,22 @@ def test_the_report_shows_the_trials_and_optunas_figures(
     report = (killed / "report.md").read_text()
     tpe = report[report.index("## Stage 3: tpe"):report.index("## Final test result")]
     trials = tpe[: tpe.index("against each other setting")]  # the comparisons table follows
-    rows = [line for line in trials.splitlines() if line.startswith("| ") and "trial " in line]
-    assert len(rows) == 3
-    assert rows[0].startswith("| **trial")  # the winner first
-    assert "trial 1:" in rows[-1] and "pruned at epoch 1/2" in rows[-1]  # pruned last
+    lines = trials.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| trial |"))
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    assert set(columns[1:4]) == {"lr", "label_smoothing", "warmup_epochs"}  # one per parameter
+    assert columns[4:6] == ["seeds", "status"]
+    rows = lines[header + 2 : header + 5]
+    assert rows[0].startswith("| **") and not lines[header + 5].startswith("| ")
+    assert rows[-1].startswith("| 1 |") and "pruned at epoch 1/2" in rows[-1]  # pruned last
+    assert "Pruned: 1 of 3 runs, at epoch 1 of 2." in tpe
     for what in ("history", "parallel", "importances"):
         figure = next((killed / "figures").glob(f"fig*_tpe_{what}.png"))
         assert figure.stat().st_size > 10_000 and f"]({figure.parent.name}/{figure.name})" in tpe
     grid = report[report.index("## Stage 1"):report.index("## Stage 2")]
-    assert "lr=0.02, weight_decay=0.0001" in grid and "A joint grid over" in grid
+    plain = grid.replace("**", "")  # the winner's row is bold
+    assert "| # | lr | weight_decay | seeds |" in grid and "| 0.02 | 0.0001 |" in plain
+    assert "A joint grid over" in grid
 
 
 def test_a_rerun_after_the_report_is_lost_asks_and_trains_nothing(

@@ -55,6 +55,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hpstudy' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # the lazy names too, so dir(hpstudy) and tab completion show load_model and run_study
+    return sorted({*globals(), *__all__})
+
+
 __all__ = [
     "StudyConfig",
     "StudyResult",

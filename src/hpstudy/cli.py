@@ -451,29 +451,41 @@ WATCH_SECONDS = 5.0
 def cmd_study_show(args: argparse.Namespace) -> None:
     from hpstudy import study
 
-    config = study.load_study(args.study)
-    study.Plan(config, "full").validate()
+    # a study whose stage needs a missing extra is shown, with what to install to run it
+    config = study.load_study(args.study, installed=False)
+    plan = study.Plan(config, "full")
+    plan.validate()
+    missing = study.missing_extras(config)
     if args.json:
         text, _ = study.study_text(args.study)
-        shown = {"source": str(config.source), "study": config.model_dump(mode="json")}
+        shown = {"source": str(config.source), "study": config.model_dump(mode="json"),
+                 "missing": missing}  # fmt: skip
         print_json({**shown, "toml": text} if args.toml else shown)
     elif args.toml:
         sys.stdout.write(study.study_text(args.study)[0])
     else:
         print(study.describe(config))
+    if missing and not args.json:
+        print(f"note: needs an extra to run: {'; '.join(missing)}")
+    if not args.json:
+        for caution in plan.cautions():
+            print(f"warning: {caution}")
 
 
 def cmd_study_list(args: argparse.Namespace) -> None:
     from hpstudy import study
 
     names = study.builtin_names()
-    described = {name: study.load_study(name).description for name in names}
+    configs = {name: study.load_study(name, installed=False) for name in names}
+    missing = {name: study.missing_extras(c) for name, c in configs.items()}
     if args.json:
-        print_json({"studies": [{"name": n, "description": d} for n, d in described.items()]})
+        print_json({"studies": [{"name": n, "description": c.description, "missing": missing[n]}
+                                for n, c in configs.items()]})  # fmt: skip
         return
     width = max(map(len, names), default=0)
-    for name, description in described.items():
-        print(f"{name:{width}}  {description}")
+    for name, config in configs.items():
+        note = f"  (needs an extra: {'; '.join(missing[name])})" if missing[name] else ""
+        print(f"{name:{width}}  {config.description}{note}")
 
 
 def cmd_study_init(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from hpstudy.errors import HpstudyError
-from hpstudy.files import check_writable, read_json, stamped, write_json, write_with
+from hpstudy.files import check_writable, read_json, stamped, write_atomic, write_json, write_with
 from hpstudy.models import count_macs, count_parameters
 from hpstudy.run import RunDir, load_data, split_of
 from hpstudy.run.evaluate import load_trained
@@ -45,8 +45,26 @@ THROUGHPUT_RUNS = 5
 
 def load_model(run_dir: str | Path, device: str = "cpu") -> nn.Module:
     """A finished run's trained model in eval mode, with its selected weights (the EMA's when
-    the run kept one). It takes normalised float images; see `deployable` for raw pixels."""
-    return load_trained(run_dir, device).model
+    the run kept one). It takes normalised float images; see `deployable` for raw pixels.
+    A study folder means its final run (the first seed's)."""
+    return load_trained(final_run_of(run_dir), device).model
+
+
+def final_run_of(path: str | Path) -> Path:
+    """`path` itself, or where it is a study folder (state.json, no config.json), the run
+    folder of its final configuration's first seed; one line where it has none yet."""
+    from hpstudy.study.state import StudyFolder
+
+    path = Path(path)
+    if (path / "config.json").is_file() or not (path / "state.json").is_file():
+        return path
+    final = StudyFolder(path).read_state().final
+    if final is None or not final.runs:
+        raise HpstudyError(
+            f"{path}: a study folder whose final runs have not finished; run the study first, "
+            "or pass a run folder (runs/<hash>)"
+        )
+    return path / final.runs[0].run_dir
 
 
 class Deployable(nn.Module):
@@ -77,11 +95,12 @@ def _require_extra() -> tuple[Any, Any]:
 
 
 def write_safetensors(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # safetensors stores plain contiguous tensors: channels_last weights are laid out anew
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    # written as every other file (atomic, the umask's mode): save_file makes it 0600
+    write_atomic(path, save(state, metadata=metadata))
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

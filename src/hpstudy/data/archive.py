@@ -202,8 +202,9 @@ def default_cache() -> Path:
     return _expand(home / ".cache" / "hpstudy" / "data", "data cache")
 
 
-def where_to_point(layout: Layout | None = None) -> str:
-    """Every way to tell hpstudy where the data is, for errors about missing or wrong data."""
+def where_to_point(layout: Layout | None = None, no_verify: bool = True) -> str:
+    """Every way to tell hpstudy where the data is, for errors about missing or wrong data;
+    `no_verify` False where the error has named --no-verify already."""
     folder = FOLDER if layout is None else layout.folder
     try:
         cache: object = default_cache()
@@ -211,13 +212,22 @@ def where_to_point(layout: Layout | None = None) -> str:
         cache = "~/.cache/hpstudy/data"
     return (
         f"point at a folder holding {folder}/ with --root DIR or $HPSTUDY_DATA, or put it in "
-        f"the default folder {cache}; a copy built by hand in the official layout also needs "
-        "--no-verify"
+        f"the default folder {cache}"
+        + ("; a copy built by hand in the official layout also needs --no-verify" if no_verify
+           else "")
     )
 
 
 def resolve_root(root: str | Path | None) -> Path:
-    return default_root() if root is None else _expand(root, "data root")
+    """The data root: the folder that holds cifar-100-python/ (or cifar-10-batches-py/). A
+    root that IS such a folder, complete, means its parent (--root .../cifar-100-python)."""
+    path = default_root() if root is None else _expand(root, "data root")
+    for layout in LAYOUTS.values():
+        if path.name == layout.folder and not _complete(path / layout.folder, layout) and (
+            _complete(path, layout)
+        ):
+            return path.parent
+    return path
 
 
 def _is_file(path: Path) -> bool:
@@ -313,7 +323,7 @@ def _fill(root: Path, verify: bool, layout: Layout) -> None:
         raise HpstudyError(
             f"{archive}: md5 {got} != expected {layout.archive_md5} "
             f"(delete it to download again, or use --no-verify for a copy built by hand); "
-            f"{where_to_point(layout)}"
+            f"{where_to_point(layout, no_verify=False)}"
         )
     try:
         _extract(archive, root, layout)
@@ -615,7 +625,7 @@ def load_dataset(
                 raise HpstudyError(
                     f"{folder / name}: md5 {got} != expected {want} "
                     "(use --no-verify for a dataset you built yourself); "
-                    f"{where_to_point(layout)}"
+                    f"{where_to_point(layout, no_verify=False)}"
                 )
     meta_path = folder / layout.meta_file
     meta = _read_dict(meta_path, layout.title)

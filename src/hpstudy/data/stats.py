@@ -54,11 +54,17 @@ def class_proportions(labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> t
     return counts.double() / labels.numel()
 
 
-def split_info(data: Cifar100, seed: int = 0) -> dict:
-    """Sizes, normalisation stats, class balance and fingerprint of the 80/20 train/val split."""
+def split_info(data: Cifar100, seed: int = 0, limit_train: int | None = None) -> dict:
+    """Sizes, normalisation stats, class balance and fingerprint of the 80/20 train/val split;
+    with `limit_train` below its size, the class balance of the first that many train images
+    too (what runs limited to them train on)."""
     train_idx, val_idx = train_val_split(data.train.fine.numel(), seed)
     mean, std = channel_stats(data.train.images, train_idx)
     props = class_proportions(data.train.fine[train_idx], data.num_classes)
+    used: dict = {}
+    if limit_train is not None and limit_train < train_idx.numel():
+        first = class_proportions(data.train.fine[train_idx[:limit_train]], data.num_classes)
+        used = {"used_train": limit_train, "used_class_proportions": first.tolist()}
     return {
         "dataset": data.name,
         "split_seed": seed,
@@ -73,6 +79,7 @@ def split_info(data: Cifar100, seed: int = 0) -> dict:
         "class_proportion_max": props.max().item(),
         "class_proportion_mean": props.mean().item(),
         "class_proportions": props.tolist(),
+        **used,
     }
 
 

@@ -41,7 +41,15 @@ class Image:
     figure: Figure  # not saved yet
 
 
-Block = Heading | Para | Table | Image
+@dataclass
+class Code:
+    """A block of literal text to copy (a TOML table, a command line)."""
+
+    text: str
+    lang: str = ""
+
+
+Block = Heading | Para | Table | Image | Code
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
+import re
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -17,7 +18,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from hpstudy.files import read_capped
-from hpstudy.report.blocks import Block, Heading, Image, Para, Table
+from hpstudy.report.blocks import Block, Code, Heading, Image, Para, Table
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
 color:#222;line-height:1.45}table{border-collapse:collapse;margin:1rem 0}
@@ -52,6 +53,10 @@ def render_markdown(blocks: list[Block]) -> str:
         elif isinstance(b, Image):
             alt = b.caption.split(":")[0]  # "Figure N"; the caption follows in italics
             out.append(f"![{alt}]({b.path})\n\n*{b.caption}*")
+        elif isinstance(b, Code):
+            # a fence longer than any run of backticks inside: the text stays literal
+            fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", b.text)), default=0))
+            out.append(f"{fence}{b.lang}\n{b.text}\n{fence}")
     return "\n\n".join(out) + "\n"
 
 

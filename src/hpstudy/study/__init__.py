@@ -45,6 +45,7 @@ _WHERE = {
     "builtin_names": "spec",
     "describe": "spec",
     "load_study": "spec",
+    "missing_extras": "spec",
     "parse_study": "spec",
     "starter_text": "spec",
     "study_text": "spec",

@@ -13,7 +13,9 @@ prints it. Each interval is made by one function of `hpstudy.study.compare`.
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +24,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from hpstudy.config import RunConfig
+from hpstudy.config import EXECUTION_FIELDS, RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.run import MetricRow, RunDir, RunStatus, Summary
-from hpstudy.study.compare import reproduction
+from hpstudy.study.compare import reproduction, seed_mean_interval, wilson
 from hpstudy.study.kinds import StageKind, find_kind
 from hpstudy.study.select import summarise
 from hpstudy.study.spec import ReportSpec, Selection, format_value
@@ -48,8 +50,8 @@ from hpstudy.study.state import (
     tested_configs,
 )
 
-# the final configuration's fields the report lists (the published study's levers, for now)
-FINAL_CONFIG_SHOWN = ("lr", "schedule", "weight_decay", "mixup_alpha", "epochs")
+# the final configuration's fields the report always lists, at their default or not
+FINAL_CONFIG_ALWAYS = ("model", "dataset")
 # a published number against the measured runs: equivalent within the margin (TOST), inside
 # or outside the 95 % prediction interval for one new run, one seed, nothing measured
 Verdict = Literal[
@@ -96,6 +98,8 @@ class SettingResult(Record):
     final: dict[str, Stat | None]  # METRICS at the final epoch over the finished seeds
     published: dict[str, float | None]  # METRICS as the published study printed them
     curve: Curve
+    val_acc_ci95: list[float] | None = None  # the final val_acc's 95 % interval (as reproduction's)
+    at_chance: bool = False  # that interval contains chance (1 / classes): nothing learned shows
 
 
 class LrScheduleFigure(Record):
@@ -159,11 +163,14 @@ class StageResult(Record):
     optuna_study: str | None
     explains: ExplainFigure | None = None
     mismatch: ConfigMismatch | None = None
+    pruned: list[int] = Field(default_factory=list)  # epoch each pruned run reached, sorted
 
 
 class FinalAnalysis(Record):
     config: dict[str, Any]  # the winning configuration, seed left out
-    shown_config: dict[str, Any]  # the fields the report lists, in order
+    shown_config: dict[str, Any]  # model, dataset and every field off RunConfig's default
+    base_toml: str  # shown_config as a study file's [base] table
+    train_command: str  # `hpstudy train ...` that retrains the first final seed's run
     runs: list[FinalRun]
     test_top1: TestTop1
     test_top5: Stat
@@ -174,6 +181,7 @@ class FinalAnalysis(Record):
     published_verdict: Verdict | None
     prediction: list[float] | None  # the 95 % prediction interval for one new run's top-1
     equivalence_margin: float
+    at_chance: bool  # the test top-1's interval contains chance (1 / classes)
     most_test_evaluations: int  # the most any final run met the test split (its ledger)
     config_hash: str | None  # the configuration reported (None: a state from before the ledger)
     test_touches: list[TestTouch]  # every test evaluation made for the study (test_ledger.jsonl)
@@ -233,10 +241,28 @@ class RunCounts(Record):
     reused: int  # entries met before: not trained again
 
 
+class Chance(Record):
+    """What guessing scores: a uniform guess among the classes (balanced test and val)."""
+
+    classes: int
+    top1: float
+    top5: float
+
+
+def chance_top1(classes: int) -> float:
+    return 1 / classes if classes > 0 else 0.0
+
+
+def chance_of(classes: int) -> Chance:
+    top1 = chance_top1(classes)
+    return Chance(classes=classes, top1=top1, top5=min(1.0, 5 * top1))
+
+
 class Analysis(Record):
     folder: str
     name: str
     budget: str
+    chance: Chance
     study_hash: str
     status: StudyStatus
     seeds: list[int]
@@ -370,8 +396,31 @@ def curve_of(runs: list[RunRead]) -> Curve:
     return Curve(seeds=len(seeds), metrics={m: mean_curve(seeds, m) for m in METRICS})
 
 
-def setting_result(setting: SettingState, runs: list[RunRead]) -> SettingResult:
+def val_acc_interval(runs: list[RunRead], val_images: int) -> list[float] | None:
+    """The finished seeds' final val_acc, a 95 % interval for its mean (t over seeds; Wilson
+    over the validation images for one seed): where it holds chance, the setting is at it."""
+    done = [r for r in runs if r.finished and r.rows and "val_acc" in r.rows[-1]]
+    values = [r.rows[-1]["val_acc"] for r in done]
+    if not values:
+        return None
+    images = min((r.config.limit_val or val_images) if r.config else val_images for r in done)
+    if len(values) == 1:  # one run: Wilson over the validation images it was judged on
+        n = min(images, val_images)
+        ci = wilson(round(values[0] * n), n)
+    else:  # the mean over seeds: a t-interval
+        ci = seed_mean_interval(values)
+    return list(ci) if ci is not None else None
+
+
+def contains(ci95: list[float] | None, value: float) -> bool:
+    return ci95 is not None and ci95[0] <= value <= ci95[1]
+
+
+def setting_result(
+    setting: SettingState, runs: list[RunRead], val_images: int = 0, chance: float = 0.0
+) -> SettingResult:
     final = setting_finals(setting, runs)
+    ci = val_acc_interval(runs, val_images) if val_images else None
     return SettingResult(
         label=setting.label,
         value=setting.value,
@@ -382,6 +431,8 @@ def setting_result(setting: SettingState, runs: list[RunRead]) -> SettingResult:
         final=final,
         published=published_of(setting),
         curve=curve_of(runs),
+        val_acc_ci95=ci,
+        at_chance=contains(ci, chance),
     )
 
 
@@ -520,12 +571,24 @@ def config_mismatch(state: StudyState, k: int) -> ConfigMismatch | None:
     return ConfigMismatch(measured=measured, published=published)
 
 
+def pruned_epochs(settings: list[SettingResult]) -> list[int]:
+    """The epoch each pruned run of a stage reached, sorted."""
+    return sorted(
+        c.epoch or 0
+        for r in settings
+        for c in r.statuses
+        if c.status == RunStatus.PRUNED
+        for _ in range(c.count)
+    )
+
+
 def stage_result(
     state: StudyState, k: int, runs_of: RunsOf, explainer: Explainer | None
 ) -> StageResult:
     stage = state.stages[k]
     kind = stage_kind(stage)
-    settings = [setting_result(s, runs_of(s)) for s in stage.settings]
+    chance = chance_top1(state.data.num_classes)
+    settings = [setting_result(s, runs_of(s), state.data.val_size, chance) for s in stage.settings]
     winner_mean = None
     if stage.winner is not None and stage.winner < len(settings):
         stat = (settings[stage.winner].final.get(state.selection)
@@ -560,10 +623,47 @@ def stage_result(
         optuna_study=stage.optuna_study,
         explains=explainer.figure(stage, runs_of) if explainer else None,
         mismatch=config_mismatch(state, k),
+        pruned=pruned_epochs(settings),
     )
 
 
 # ---------------------------------------------------------------- the final result
+
+
+def changed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Model, dataset and every field of a run's config that differs from RunConfig's
+    default, in RunConfig's order: what rebuilds the run (the seed, and fields that only
+    say where or how fast it runs, left out)."""
+    shown = {}
+    for name, spec in RunConfig.model_fields.items():
+        if name == "seed" or name in EXECUTION_FIELDS or config.get(name) is None:
+            continue
+        if name in FINAL_CONFIG_ALWAYS or config[name] != spec.default:
+            shown[name] = config[name]
+    return shown
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal of a config value (a str, bool, int or finite float: RunConfig's)."""
+    return json.dumps(value)  # JSON's true/false, numbers and quoted strings are TOML's
+
+
+def base_toml(shown: dict[str, Any]) -> str:
+    return "\n".join(["[base]", *(f"{k} = {toml_value(v)}" for k, v in shown.items())])
+
+
+def train_command(shown: dict[str, Any], seed: int, out: str = "final-run") -> str:
+    """The `hpstudy train` line that trains the same run (the same run hash) again into
+    the run folder `out`."""
+    words = ["hpstudy", "train"]
+    for name, value in shown.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            words += [flag, shlex.quote(json.dumps(value) if isinstance(value, float)
+                                        else str(value))]  # fmt: skip
+    return " ".join([*words, "--seed", str(seed), "--out", shlex.quote(out)])
 
 
 def final_analysis(state: StudyState) -> FinalAnalysis | None:
@@ -576,9 +676,13 @@ def final_analysis(state: StudyState) -> FinalAnalysis | None:
         verdict, prediction = test_verdict(state, published)
     per_run = [r.test.superclass_top1 for r in final.runs]
     names = list(per_run[0]) if per_run else []
+    shown = changed_config(final.config)
+    first_seed = final.runs[0].seed if final.runs else (state.seeds or [0])[0]
     return FinalAnalysis(
         config=final.config,
-        shown_config={k: final.config[k] for k in FINAL_CONFIG_SHOWN if k in final.config},
+        shown_config=shown,
+        base_toml=base_toml(shown),
+        train_command=train_command(shown, first_seed, f"{state.name}-final-seed{first_seed}"),
         runs=final.runs,
         test_top1=t,
         test_top5=final.test_top5,
@@ -588,6 +692,7 @@ def final_analysis(state: StudyState) -> FinalAnalysis | None:
         published_verdict=verdict,
         prediction=prediction,
         equivalence_margin=spec.equivalence_margin,
+        at_chance=contains(t.ci95, chance_top1(state.data.num_classes)),
         most_test_evaluations=max((r.test_evaluations for r in final.runs), default=0),
         config_hash=final.config_hash,
         test_touches=final.test_touches,
@@ -734,6 +839,7 @@ def analyse(study_dir: str | Path) -> Analysis:
         folder=str(path),
         name=state.name,
         budget=state.budget,
+        chance=chance_of(state.data.num_classes),
         study_hash=state.study_hash,
         status=state.status,
         seeds=state.seeds,
@@ -761,9 +867,10 @@ def analyse(study_dir: str | Path) -> Analysis:
 
 __all__ = [
     "EXPLAINERS",
-    "FINAL_CONFIG_SHOWN",
+    "FINAL_CONFIG_ALWAYS",
     "Analysis",
     "BetaDensityFigure",
+    "Chance",
     "Curve",
     "CurvePoints",
     "FinalAnalysis",

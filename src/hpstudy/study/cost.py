@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ from hpstudy.constants import IMAGE_SHAPE, NUM_CLASSES, NUM_SUPERCLASSES
 from hpstudy.errors import HpstudyError
 from hpstudy.files import read_json, write_json
 from hpstudy.progress import duration
-from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_name
+from hpstudy.run import DeviceData, Execution, RunDir, RunStatus, Trainer, device_name
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.state import StudyFolder
 
@@ -68,7 +69,31 @@ class StudyCost:
     done_epochs: int  # of `epochs`, already in the study folder
     train_images: int  # per epoch, of the base configuration
     val_images: int
-    seconds: float | None  # predicted for what is left (None: no speed)
+    seconds: float | None  # predicted for what is left, the closing steps included (None: no speed)
+    test_images: int = 0  # the test split, evaluated once per seed of the final setting
+    test_seconds: float | None = None  # predicted: the final test evaluation
+    export_seconds: float | None = None  # predicted: export, its check and timings (None: none)
+
+    @property
+    def train_seconds(self) -> float | None:
+        """The prediction for the epochs left alone (the closing steps left out)."""
+        if self.seconds is None:
+            return None
+        return self.seconds - (self.test_seconds or 0.0) - (self.export_seconds or 0.0)
+
+    def closing_words(self) -> str:
+        """The steps after the last epoch, a phrase (with their predicted time)."""
+        words = f"test evaluation ({self.test_images:,} images)"
+        if self.test_seconds is not None:
+            words += f" {duration(self.test_seconds)}"
+        if self.export_seconds is not None:
+            words += (
+                "; export of the final model, its check and latency timings "
+                f"{duration(self.export_seconds)} (at least: batch-1 timings run slower)"
+            )
+        elif self.test_seconds is not None:
+            words += "; no export (the export extra is not installed)"
+        return words
 
 
 def epoch_images(config: RunConfig, train_size: int, val_size: int) -> tuple[int, int]:
@@ -93,41 +118,119 @@ def study_cost(
     test_size: int,
     speed: Speed | None = None,
     epochs_done: Callable[[RunConfig], int] | None = None,
+    tried: dict[int, list[Any]] | None = None,
+    chosen: dict[int, Any] | None = None,
+    stopped: Callable[[RunConfig], bool] | None = None,
+    export: bool = False,
 ) -> StudyCost:
     """The plan's distinct runs, the epochs `epochs_done` says are already trained left out
-    of the prediction (with the final test evaluation of each seed)."""
+    of the prediction, then the closing steps: the final test evaluation of each seed and,
+    with `export`, the final model's export check and latency timings.
+
+    A study resumed in its folder passes what its stages `tried` and `chosen` so far (the
+    Optuna trials asked, the winners carried): those runs, not stand-ins, are the plan's;
+    `stopped` says which runs will never train (a later seed of a pruned trial)."""
     study = plan.study
-    runs = plan.distinct_runs()
+    runs = [r for r in plan.distinct_runs(chosen, tried) if not (stopped and stopped(r))]
     planned = len(study.seeds) * sum(len(stage.stand_ins()) for stage in study.stages)
     done = [min(epochs_done(r), r.epochs) if epochs_done else 0 for r in runs]
-    seconds = None
+    seconds = test_seconds = export_seconds = None
     if speed is not None:
         seconds = sum(
             (run.epochs - d) * epoch_seconds(run, speed, train_size, val_size)
             for run, d in zip(runs, done, strict=True)
         )
-        seconds += len(study.seeds) * test_size / speed.eval_images_per_s
+        test_seconds = len(study.seeds) * test_size / speed.eval_images_per_s
+        if export:
+            export_seconds = export_images() / speed.eval_images_per_s
+        seconds += test_seconds + (export_seconds or 0.0)
     train, val = epoch_images(runs[0], train_size, val_size)
     return StudyCost(
         budget=plan.budget,
         runs=len(runs),
         epochs=sum(r.epochs for r in runs),
-        reused=planned - len(runs),
+        reused=max(0, planned - len(runs)),
         done_runs=sum(d == r.epochs for r, d in zip(runs, done, strict=True)),
         done_epochs=sum(done),
         train_images=train,
         val_images=val,
         seconds=seconds,
+        test_images=len(study.seeds) * test_size,
+        test_seconds=test_seconds,
+        export_seconds=export_seconds,
     )
 
 
+def export_images() -> int:
+    """Images the export pushes through PyTorch and ONNX Runtime together: its check, its
+    batch-256 throughput runs and its batch-1 latency runs (hpstudy.export's counts)."""
+    from hpstudy import export
+
+    per_runtime = (
+        export.CHECK_IMAGES
+        + (export.THROUGHPUT_RUNS + 1) * export.THROUGHPUT_BATCH
+        + export.LATENCY_RUNS
+        + export.WARMUP_RUNS
+    )
+    return 2 * per_runtime
+
+
+def can_export() -> bool:
+    """The export extra is installed (the study exports its final model only then)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("onnx", "onnxruntime", "safetensors"))  # fmt: skip
+
+
+def resumed_plan(folder: StudyFolder) -> tuple[dict[int, list[Any]], dict[int, Any]]:
+    """What each stage of the study in `folder` tried and carried so far (nothing for a new
+    folder): a resumed study's cost counts those runs, not the plan's stand-ins."""
+    tried: dict[int, list[Any]] = {}
+    chosen: dict[int, Any] = {}
+    if not folder.state_path.is_file():
+        return tried, chosen
+    try:
+        state = folder.read_state()
+    except HpstudyError:  # a state this version cannot read: the plan's stand-ins
+        return tried, chosen
+    for k, stage in enumerate(state.stages):
+        tried[k] = [setting.value for setting in stage.settings]
+        carried = stage.carried if stage.carried is not None else stage.winner
+        if carried is not None and carried < len(stage.settings):
+            chosen[k] = stage.settings[carried].value
+    return tried, chosen
+
+
+def pruned_first_seed(folder: StudyFolder, plan: Plan) -> Callable[[RunConfig], bool]:
+    """Whether a run is a later seed of a run the folder holds pruned: an Optuna trial
+    whose first seed was pruned trains no other seed."""
+    first = plan.study.seeds[0]
+
+    def stopped(config: RunConfig) -> bool:
+        if config.seed == first:
+            return False
+        twin = config.model_copy(update={"seed": first})
+        if plan.study.split_follows_seed:
+            twin = twin.model_copy(update={"split_seed": first})
+        return RunDir(folder.run_dir(twin.run_hash())).status() == RunStatus.PRUNED
+
+    return stopped
+
+
 def budget_costs(
-    plan: Plan, train_size: int, val_size: int, test_size: int, speed: Speed | None
+    plan: Plan,
+    train_size: int,
+    val_size: int,
+    test_size: int,
+    speed: Speed | None,
+    export: bool = False,
 ) -> list[StudyCost]:
-    """The cost of `plan`'s budget and of every cheaper one, from scratch."""
+    """The cost of every budget cheaper than `plan`'s, from scratch."""
     cheaper = BUDGETS[BUDGETS.index(plan.budget) + 1 :]
+    sizes = (train_size, val_size, test_size)
     return [
-        study_cost(Plan(plan.study, b, plan.device_type), train_size, val_size, test_size, speed)
+        study_cost(Plan(plan.study, b, plan.device_type), *sizes, speed, export=export)
         for b in cheaper
     ]
 
@@ -316,6 +419,7 @@ def cost_block(name: str, cost: StudyCost, cheaper: list[StudyCost], speed: Spee
             f"{to_train:,} epochs left to train"
         )
     lines.append(f"  images per epoch: {cost.train_images:,} train, {cost.val_images:,} val")
+    lines.append(f"  after training: {cost.closing_words()}")
     lines.append(
         f"  predicted on {speed.device_name}: {duration(cost.seconds or 0.0)} "
         f"(train {speed.train_images_per_s:.0f} img/s, eval {speed.eval_images_per_s:.0f} "
@@ -334,11 +438,14 @@ __all__ = [
     "Speed",
     "StudyCost",
     "budget_costs",
+    "can_export",
     "cost_block",
     "epoch_images",
     "epoch_seconds",
     "epochs_in",
     "measure_speed",
+    "pruned_first_seed",
+    "resumed_plan",
     "speed_note",
     "study_cost",
 ]

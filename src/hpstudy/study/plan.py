@@ -120,6 +120,11 @@ class Plan:
                         self.config(k, candidates[0], {**first, **assignment}, seed)
             assignments.append([stages[k].assignment(v) for v in candidates])
 
+    def cautions(self) -> list[str]:
+        """Each stage's valid settings that will not do what they seem to at this budget."""
+        return [line for stage in self.study.stages
+                for line in stage.cautions(budget_epochs(stage.epochs, self.budget))]  # fmt: skip
+
     def config_for_base(self) -> RunConfig:
         where = f"{self.study.source}: base"
         config = parse_model(RunConfig, self.study.base, where)

@@ -22,6 +22,7 @@ from hpstudy import __version__, data
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
+from hpstudy.progress import bar
 from hpstudy.run import RunDir, evaluate, image_outcomes, load_data
 from hpstudy.study.cost import Speed, measure_speed
 from hpstudy.study.select import SeedOutcomes
@@ -30,10 +31,16 @@ logger = logging.getLogger(__name__)
 
 
 def data_summary(
-    options: DataOptions, split_seed: int, dataset: str, device: str | None
+    options: DataOptions,
+    split_seed: int,
+    dataset: str,
+    device: str | None,
+    limit_train: int | None = None,
 ) -> dict[str, Any]:
-    """What the report says of the data; runs where the runs run (the driver may lack it)."""
-    info = data.split_info(load_data(options.root, options.verify, dataset), split_seed)
+    """What the report says of the data (with the class balance of the first `limit_train`
+    train images the runs use); runs where the runs run (the driver may lack the data)."""
+    loaded = load_data(options.root, options.verify, dataset)
+    info = data.split_info(loaded, split_seed, limit_train)
     return {"root": str(data.resolve_root(options.root)), **info}
 
 
@@ -45,9 +52,10 @@ def opening(
     remeasure: bool,
     device: str | None,
 ) -> tuple[dict[str, Any], Speed]:
-    """Before anything trains: the data summary and the study's model timed on the device
-    (read from the speed cache where measured before and trusted, unless `remeasure`)."""
-    summary = data_summary(options, split_seed, dataset, device)
+    """Before anything trains: the data summary (for the train images `config` is limited
+    to) and the study's model timed on the device (read from the speed cache where
+    measured before and trusted, unless `remeasure`)."""
+    summary = data_summary(options, split_seed, dataset, device, config.limit_train)
     return summary, measure_speed(config, device, remeasure)
 
 
@@ -56,16 +64,22 @@ def closing(final_dirs: list[str], options: DataOptions, device: str | None) -> 
     test yet; else the first evaluation its ledger keeps, so test is read once), their
     right/wrong per test image, the first run exported, and the environment."""
     tests = []
-    for path in final_dirs:
-        summary = RunDir(path).read_summary()
-        ledger = summary.test_evaluations if summary is not None else []
-        tests.append(ledger[0].model_dump() if ledger else test_evaluation(path, options, device))
-    export_final(final_dirs[0], options, device)
-    return {
-        "tests": tests,
-        "outcomes": test_outcomes(final_dirs, options, device),
-        "environment": environment(device),
-    }
+    # each step its own bar where someone watches: the test evaluations, the export, the
+    # per-image outcomes (minutes on a CPU, after the last epoch's display has closed)
+    with bar("final: test evaluation", len(final_dirs)) as advance:
+        for path in final_dirs:
+            summary = RunDir(path).read_summary()
+            ledger = summary.test_evaluations if summary is not None else []
+            tests.append(ledger[0].model_dump() if ledger
+                         else test_evaluation(path, options, device))  # fmt: skip
+            advance(1)
+    with bar("final: export (files, check, latency timings)", 1) as advance:
+        export_final(final_dirs[0], options, device)
+        advance(1)
+    with bar("final: per-image test outcomes", 1) as advance:
+        outcomes = test_outcomes(final_dirs, options, device)
+        advance(1)
+    return {"tests": tests, "outcomes": outcomes, "environment": environment(device)}
 
 
 def test_evaluation(run_dir: str, options: DataOptions, device: str | None) -> dict[str, Any]:

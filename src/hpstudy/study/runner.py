@@ -198,7 +198,10 @@ def run(
         )
     # a bad study fails before anything is started; the device, and so what `auto`
     # precision means and whether fp16 is possible, is known once the executor is
-    Plan(config, budget, device_type=None).validate()
+    plan = Plan(config, budget, device_type=None)
+    plan.validate()
+    for caution in plan.cautions():  # valid, but not what it seems: one line each
+        logger.warning(caution)
     folder = StudyFolder(Path(out) if out is not None else default_out(config.name, budget, follow))
     record = StudyRecord.of(config, budget)
     folder.check(record)  # a folder it may not use is refused before anything starts

@@ -29,8 +29,11 @@ from hpstudy.study.cost import (
     Speed,
     StudyCost,
     budget_costs,
+    can_export,
     cost_block,
     epochs_in,
+    pruned_first_seed,
+    resumed_plan,
     study_cost,
 )
 from hpstudy.study.plan import Plan
@@ -90,6 +93,7 @@ class StudySession:
         self.winners: dict[str, Any] = {}  # the fields carried forward by the stages so far
         self.seen: set[str] = set()  # run hashes met by the stages so far (reused later)
         self.state: StudyState | None = None  # made once the folder is claimed
+        self.cost: StudyCost | None = None  # announced before anything trains
 
     # ------------------------------------------------------------ the study
 
@@ -100,10 +104,14 @@ class StudySession:
         base = self.plan.config_for_base()
         split_seed = self.study.seeds[0] if self.study.split_follows_seed else base.split_seed
         # with split_follows_seed the data section describes the first seed's split
+        # the train images the first run uses (a budget's or the study's limit): Figure 1's
+        first = self.study.stages[0]
+        used = self.plan.config(0, first.candidates()[0], {}, self.study.seeds[0]).limit_train
         summary, speed = self.executor.call(
-            remote.opening, self.data, split_seed, base.dataset, base, self.remeasure
-        )
-        cost = self.announce_cost(summary, speed)
+            remote.opening, self.data, split_seed, base.dataset,
+            base.model_copy(update={"limit_train": used}), self.remeasure,
+        )  # fmt: skip
+        cost = self.cost = self.announce_cost(summary, speed)
         # the folder is made only once the data is there (no half-claimed folder), and
         # written by this process alone from study.json to the report
         with self.folder.lock():
@@ -129,7 +137,7 @@ class StudySession:
                 cost.epochs,
                 cost.done_runs,
                 cost.done_epochs,
-                cost.seconds / left if cost.seconds else None,
+                cost.train_seconds / left if cost.train_seconds else None,
                 live=self.executor.in_process,
             )
             with study_display(display):
@@ -146,10 +154,15 @@ class StudySession:
         """Before anything trains: what the study costs here, and what cheaper budgets would,
         at the speed measured where the runs run (a few steps; cached per device and model)."""
         sizes = (summary["train_size"], summary["val_size"], summary["test_size"])
+        # a resumed study: the trials and winners its stages have, not the plan's stand-ins
+        tried, chosen = resumed_plan(self.folder)
+        export = can_export()
         cost = study_cost(
-            self.plan, *sizes, speed, epochs_done=lambda config: epochs_in(self.folder, config)
-        )
-        cheaper = budget_costs(self.plan, *sizes, speed)
+            self.plan, *sizes, speed, epochs_done=lambda config: epochs_in(self.folder, config),
+            tried=tried, chosen=chosen, stopped=pruned_first_seed(self.folder, self.plan),
+            export=export,
+        )  # fmt: skip
+        cheaper = budget_costs(self.plan, *sizes, speed, export)
         for line in cost_block(self.study.name, cost, cheaper, speed):
             logger.info(line)
         return cost
@@ -321,6 +334,9 @@ class StudySession:
         paths = [str((folder.path / e.run_dir).resolve()) for e in entries]
         config_hash = setting_hash(RunDir(paths[0]).read_config())
         self.warn_of_other_touches(folder.record_test_touches(self.study.seeds), config_hash)
+        # the steps after the last epoch take minutes on a CPU: said, not silent
+        if self.cost is not None:
+            logger.info(f"final: {self.cost.closing_words()}")
         closed = self.executor.call(remote.closing, paths, options)
         touches = folder.record_test_touches(self.study.seeds)
         runs = []

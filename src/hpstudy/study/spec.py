@@ -235,26 +235,33 @@ def study_text(spec: str | Path) -> tuple[str, str]:
         raise HpstudyError(f"{where}: not valid TOML ({err})") from None
 
 
-def parse_study(text: str, where: str) -> StudyConfig:
-    """A study file's text as a StudyConfig; every problem is one HpstudyError naming `where`."""
+def parse_study(text: str, where: str, installed: bool = True) -> StudyConfig:
+    """A study file's text as a StudyConfig; every problem is one HpstudyError naming `where`.
+    `installed` False: a stage whose kind needs a missing extra is no error (to show it)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise HpstudyError(f"{where}: not valid TOML ({err})") from None
     study = validate_study(raw, where)
     study._source = where
-    check_installed(study)
+    if installed:
+        check_installed(study)
     return study
+
+
+def missing_extras(study: StudyConfig) -> list[str]:
+    """What each stage whose kind needs a missing extra lacks, a phrase each."""
+    return [
+        f"stage {k + 1} ({stage.name}) is a {stage.kind_name()} stage, which needs {needs}"
+        for k, stage in enumerate(study.stages)
+        if (needs := stage.missing()) is not None
+    ]
 
 
 def check_installed(study: StudyConfig) -> None:
     """Every stage's kind has what it needs (Optuna for an optuna stage), or one line."""
-    for k, stage in enumerate(study.stages):
-        if (needs := stage.missing()) is not None:
-            raise HpstudyError(
-                f"{study.source}: stage {k + 1} ({stage.name}) is a {stage.kind_name()} stage, "
-                f"which needs {needs}"
-            )
+    if missing := missing_extras(study):
+        raise HpstudyError(f"{study.source}: {missing[0]}")
 
 
 def study_from(study: StudyConfig | dict[str, Any] | str | Path) -> StudyConfig:
@@ -277,9 +284,10 @@ def study_from(study: StudyConfig | dict[str, Any] | str | Path) -> StudyConfig:
     )
 
 
-def load_study(spec: str | Path) -> StudyConfig:
-    """A TOML file, or the name of a built-in study; every problem is one HpstudyError."""
-    return parse_study(*study_text(spec))
+def load_study(spec: str | Path, installed: bool = True) -> StudyConfig:
+    """A TOML file, or the name of a built-in study; every problem is one HpstudyError.
+    `installed` False: loaded even where a stage needs an extra that is missing."""
+    return parse_study(*study_text(spec), installed=installed)
 
 
 STARTER = """\
@@ -311,6 +319,32 @@ field = "schedule"
 values = ["constant", "cosine"]
 epochs = 30
 
+# Other kinds of stage search several fields at once (uncomment one to try it):
+#
+# [[stages]]
+# name = "lr x wd"
+# kind = "grid"             # every combination: 3 x 2 = 6 settings
+# epochs = 15
+# grid = { lr = [0.02, 0.05, 0.1], weight_decay = [1e-4, 5e-4] }
+#
+# [[stages]]
+# name = "random"
+# kind = "random"           # n draws from the space (seeded by sampler_seed, default 0)
+# epochs = 15
+# n = 8
+# space.lr = { log_uniform = [0.005, 0.5] }
+# space.mixup_alpha = { choice = [0.0, 0.2, 0.4] }
+#
+# [[stages]]
+# name = "tpe"
+# kind = "optuna"           # needs pip install 'hpstudy[optuna]'
+# epochs = 15
+# n_trials = 12             # a pruner starts pruning after a few trials: median after 5
+# pruner = "median"         # or "asha", or absent: no pruning
+# space.lr = { log_uniform = [0.01, 0.3] }
+# space.label_smoothing = { uniform = [0.0, 0.2] }
+# space.warmup_epochs = { int = [0, 3] }    # both bounds included
+
 [final]
 split = "test"              # the last stage's winner is evaluated once on test
 """
@@ -332,9 +366,27 @@ def starter_text(name: str, source: str | None = None) -> str:
         if found is None:
             raise HpstudyError(f"{where}: no `name = ...` line of its own to rename")
         text = f"{text[: found.start(1)]}{json.dumps(name)}{text[found.end(1) :]}"
-    if parse_study(text, f"study {name!r}").name != name:
+        # the source's published numbers are its paper's, not the new study's: kept as comments
+        text = PUBLISHED_LINE.sub(r"\1# (published by the study copied) \2", text)
+    copy = parse_study(text, f"study {name!r}")
+    if copy.name != name:
         raise HpstudyError(f"{source}: its `name = ...` line could not be renamed; copy it by hand")
+    if source is not None and has_published(copy):
+        raise HpstudyError(f"{source}: its published values span lines; copy it by hand")
     return text
+
+
+# a line of a study file that states a published number (a stage's or the report's)
+PUBLISHED_LINE = re.compile(
+    r"^([ \t]*)(published(?:_winner|_test_top1|_test_loss)?\s*[.=].*)$", re.MULTILINE
+)
+
+
+def has_published(study: StudyConfig) -> bool:
+    report = study.report
+    return (report.published_test_top1 is not None or report.published_test_loss is not None
+            or any(getattr(stage, "published", None) or getattr(stage, "published_winner", None)
+                   for stage in study.stages))  # fmt: skip
 
 
 def describe(study: StudyConfig) -> str:

@@ -154,6 +154,9 @@ class DataSummary(Record):
     class_proportion_max: float
     class_proportion_mean: float
     class_proportions: list[float] = Field(max_length=MAX_CLASSES)
+    # the first `used_train` train images' class balance, where the runs train on fewer
+    used_train: int | None = None
+    used_class_proportions: list[float] | None = Field(None, max_length=MAX_CLASSES)
 
 
 class SplitScores(Record):

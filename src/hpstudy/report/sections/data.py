@@ -34,15 +34,29 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
     used = "; ".join(f"{cell(u.train, '{:,}'.format)} / {cell(u.val, '{:,}'.format)}"
                      for u in d.images_used)  # fmt: skip
     if used:
-        rows.insert(1, ["train / val images used by the runs (budget)", used])
+        rows.insert(1, ["train / val images used by the runs (limit_train / limit_val)", used])
     blocks: list[Block] = [Heading("Data"), Table(["", "value"], rows)]
     number = numbers.take(a.report.figures.class_proportions)
     if d.class_proportions:
+        # the images the runs trained on where they are fewer than the split's (recorded at
+        # the study's opening); else the split's, and where runs saw a subset, how many
+        proportions, what = d.class_proportions, "the train split"
+        mean = d.class_proportion_mean
+        if d.used_class_proportions and d.used_train:
+            proportions = d.used_class_proportions
+            what = f"the first {d.used_train:,} of the train split's {d.train_size:,} images"
+            what += ", which the runs trained on"
+            mean = sum(proportions) / len(proportions)
+        else:
+            fewest = min((u.train for u in d.images_used if u.train is not None), default=None)
+            if fewest is not None and fewest < d.train_size:
+                what += (f" (the runs trained on its first {fewest:,} of {d.train_size:,} "
+                         "images; their proportions differ by sampling)")  # fmt: skip
         blocks.append(Image(
             f"figures/fig{number}_class_proportions.png",
-            f"Figure {number}: proportion of each class in the train split; red line: the "
-            f"mean proportion {d.class_proportion_mean:.3f}.",
-            figures.class_proportions(number, d.class_proportions),
+            f"Figure {number}: proportion of each class in {what}; red line: the mean "
+            f"proportion {mean:.3f}.",
+            figures.class_proportions(number, proportions, what),
         ))  # fmt: skip
     else:
         blocks.append(Para(f"Figure {number} skipped: the state has no class proportions."))

@@ -7,6 +7,7 @@ from typing import Any
 
 from hpstudy.report.blocks import (
     Block,
+    Code,
     FigureNumbers,
     Heading,
     NamedTable,
@@ -131,8 +132,21 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
         if loss_published is not None:
             blocks.append(Para(f"Published test loss: {text(loss_published)}."))
     blocks.append(Para(interval_sentence(final, a.budget)))
-    shown = ", ".join(code(f"{k}={v}") for k, v in final.shown_config.items())
-    blocks.append(Para(f"Final configuration: {shown or DASH}."))
+    c = a.chance
+    chance = (f"Chance (a uniform guess among {c.classes} classes): top-1 {sig3(c.top1)}, "
+              f"top-5 {sig3(c.top5)}.")  # fmt: skip
+    if final.at_chance:
+        blocks.append(Para(f"{chance} **At chance:** the test top-1's 95 % interval contains "
+                           "it: this model shows nothing learned.", note=True))  # fmt: skip
+    else:
+        blocks.append(Para(chance))
+    blocks += [
+        Para("Final configuration (every field off its default, as a study file's `[base]`; "
+             "the seed is the study's):"),
+        Code(final.base_toml, "toml"),
+        Para("The same run trained again by hand (the same run hash; `--seed` for each seed):"),
+        Code(final.train_command, "sh"),
+    ]  # fmt: skip
     blocks.append(Para(selected_weights_text(final.config)))
 
     rows, csv_rows = [], []
@@ -164,7 +178,8 @@ def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
 
     if final.superclass:
         rows = [[text(name.replace("_", " ")), fmt_stat(s)] for name, s in final.superclass.items()]
-        csv_rows = [[name, num(s and s.mean), num(s and s.std), s.n if s else 0]
+        csv_rows = [[name, num(s and s.mean), num(s.std) if s and s.n >= 2 else "",
+                     s.n if s else 0]
                     for name, s in final.superclass.items()]  # fmt: skip
         blocks += [Para("Test top-1 per superclass (coarse label):"),
                    Table(["superclass", "top-1"], rows)]  # fmt: skip

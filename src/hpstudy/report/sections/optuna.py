@@ -29,10 +29,15 @@ def render(folder: Path, stage: StageResult, numbers: FigureNumbers) -> list[Blo
         except figures.FigureSkipped as why:
             blocks.append(Para(f"Figure {number} ({title}) skipped: {text(why)}."))
             continue
+        complete = figures.complete_trials(optuna_study)
+        caveat = ""
+        if what == "importances" and complete < figures.FEW_TRIALS:
+            caveat = (f" From {complete} complete trials only: importances this few trials "
+                      "rest on are a rough guide, not a ranking.")  # fmt: skip
         blocks.append(Image(
             f"figures/fig{number}_{slugify(stage.name)}_{what}.png",
             f"Figure {number}: {text(stage.name)}: {title} (Optuna), from the stage's journal "
-            f"{code(stage.journal)}.",
+            f"{code(stage.journal)}, {complete} complete trials.{caveat}",
             fig,
         ))  # fmt: skip
     return blocks

@@ -188,6 +188,11 @@ class StageKind(BaseModel):
         """What the kind needs that is not installed, with the hint to install it."""
         return None
 
+    def cautions(self, epochs: int) -> list[str]:
+        """Settings that are valid but will not do what they seem to at `epochs` epochs per
+        run (a pruner that cannot prune), each a line saying what to change."""
+        return []
+
     # ------------------------------------------------------------ a fixed kind
 
     def settings(self) -> list[tuple[str, Any]]:

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from hpstudy.study.state import StudyFolder
 
 PRUNERS = {"median": "median pruner", "asha": "ASHA pruner", None: "no pruner"}
+# finished trials before a pruner (as make_pruner builds it, Optuna's defaults) judges any:
+# the median pruner's n_startup_trials; ASHA's 'auto' min_resource, read off the first
+PRUNER_STARTUP = {"median": 5, "asha": 1}
 
 
 @register_kind
@@ -49,6 +52,27 @@ class OptunaStage(SearchStage):
 
     def candidates(self) -> list[Any]:
         return corners(self.space)
+
+    def cautions(self, epochs: int) -> list[str]:
+        """A pruner that cannot prune: too few trials after its start-up, or too few epochs
+        (a trial is judged after an epoch; one epoch leaves nothing to stop)."""
+        if self.pruner is None:
+            return []
+        where, startup = f"stage {self.name!r}", PRUNER_STARTUP[self.pruner]
+        found = []
+        if self.n_trials <= startup:
+            found.append(
+                f"{where}: the {PRUNERS[self.pruner]} prunes nothing with n_trials = "
+                f"{self.n_trials} (it judges none before {startup} have finished): set n_trials "
+                f"above {startup}, or drop the pruner"
+            )
+        if epochs < 2:
+            found.append(
+                f"{where}: the {PRUNERS[self.pruner]} prunes nothing at {epochs} epoch per run "
+                "(a trial is judged after each epoch but the last): give the stage more epochs "
+                "(or a larger --budget), or drop the pruner"
+            )
+        return found
 
     def stand_ins(self) -> list[Any]:
         return draw_random(self.space, self.n_trials, self.sampler_seed)
