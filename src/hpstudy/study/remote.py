@@ -23,6 +23,7 @@ from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
 from hpstudy.run import RunDir, evaluate, image_outcomes, load_data
+from hpstudy.sources import BUILTIN_DATASETS
 from hpstudy.study.cost import Speed, measure_speed
 from hpstudy.study.select import SeedOutcomes
 
@@ -30,11 +31,18 @@ logger = logging.getLogger(__name__)
 
 
 def data_summary(
-    options: DataOptions, split_seed: int, dataset: str, device: str | None
+    options: DataOptions,
+    split_seed: int,
+    dataset: str,
+    device: str | None,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
     """What the report says of the data; runs where the runs run (the driver may lack it)."""
-    info = data.split_info(load_data(options.root, options.verify, dataset), split_seed)
-    return {"root": str(data.resolve_root(options.root)), **info}
+    loaded = load_data(options.root, options.verify, dataset, image_size)
+    info = data.split_info(loaded, split_seed)
+    # the user's data is not under ROOT: its source says where it is
+    root = str(data.resolve_root(options.root)) if dataset in BUILTIN_DATASETS else dataset
+    return {"root": root, **info}
 
 
 def opening(
@@ -42,7 +50,8 @@ def opening(
 ) -> tuple[dict[str, Any], Speed]:
     """Before anything trains: the data summary and the study's model timed on the device
     (read from the speed cache where measured before)."""
-    return data_summary(options, split_seed, dataset, device), measure_speed(config, device)
+    summary = data_summary(options, split_seed, dataset, device, config.image_size)
+    return summary, measure_speed(config, device)
 
 
 def closing(final_dirs: list[str], options: DataOptions, device: str | None) -> dict[str, Any]:

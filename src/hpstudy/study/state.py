@@ -107,6 +107,7 @@ class DataSummary(Record):
     val_size: int
     test_size: int
     num_classes: int
+    image_shape: list[int] = [3, 32, 32]  # (C, H, W); state.json files before it: CIFAR's
     mean: list[float]
     std: list[float]
     val_indices_sha256: str
