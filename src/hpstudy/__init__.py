@@ -50,6 +50,10 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module("hpstudy.export").load_model
     if name == "run_study":  # a study (config, dict, file or name) in, a StudyResult out
         return importlib.import_module("hpstudy.study.runner").run
+    if name == "register_dataset":  # your own data by name: a loader of numpy arrays
+        return importlib.import_module("hpstudy.sources").register_dataset
+    if name == "register_model":  # your own model by name: build(num_classes, width, **args)
+        return importlib.import_module("hpstudy.models.registry").register_model
     if name in ("StudyConfig", "StudyResult"):
         return getattr(importlib.import_module("hpstudy.study"), name)
     raise AttributeError(f"module 'hpstudy' has no attribute {name!r}")
@@ -66,5 +70,7 @@ __all__ = [
     "__version__",
     "load_model",
     "package_version",
+    "register_dataset",
+    "register_model",
     "run_study",
 ]

@@ -37,6 +37,11 @@ def flip_crop(images: torch.Tensor, generator: torch.Generator, padding: int = 4
     return out
 
 
+def crop_padding(height: int, width: int) -> int:
+    """Zeros padded per side before the random crop: 4 px at CIFAR's 32, scaled to the image."""
+    return max(1, round(4 * min(height, width) / 32))
+
+
 def normalize(
     images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

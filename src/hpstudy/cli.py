@@ -51,31 +51,54 @@ def field_help(name: str) -> str:
         text += f" ({', '.join(list_models())})"
     elif typing.get_origin(field.annotation) is typing.Literal:
         text += f" ({', '.join(map(str, typing.get_args(field.annotation)))})"
-    default = field.default
+    default = field.get_default(call_default_factory=True)
+    if name == "model_args":
+        return f"{text}, as a JSON table: '{{\"depth\": 4}}' (default: none)"
+    if name == "image_size":
+        return f"{text} (default: the images' own)"
     shown = ("all" if name.startswith("limit") else "auto") if default is None else default
     return f"{text} (default: {shown})"
 
 
+def json_table(text: str) -> dict[str, Any]:
+    """--model-args: a JSON object (its values are checked by RunConfig)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a JSON table: {text[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON table: {text[:60]!r}")
+    return value
+
+
 def option_table() -> str:
     """The README's table of `train` options (= study-file keys), from the same descriptions."""
-    from hpstudy.config import RunConfig
+    from hpstudy.config import SOURCE_FIELDS, RunConfig
 
     rows = ["| option | study-file key | what it sets |", "|---|---|---|"]
     for name in RunConfig.model_fields:
+        if name in SOURCE_FIELDS:
+            continue
         rows.append(f"| `--{name.replace('_', '-')}` | `{name}` | {field_help(name)} |")
     return "\n".join(rows)
 
 
 def add_run_config_options(p: argparse.ArgumentParser) -> None:
     """One option per RunConfig field, named after it, typed after it, described by it."""
-    from hpstudy.config import RunConfig
+    from hpstudy.config import SOURCE_FIELDS, RunConfig
 
     for name, field in RunConfig.model_fields.items():
+        if name in SOURCE_FIELDS:  # filled in, never given
+            continue
         flag = "--" + name.replace("_", "-")
         kind = field.annotation
         args = typing.get_args(kind)
         help_text = field_help(name)
-        if kind is bool or (isinstance(kind, types.UnionType) and bool in args):
+        if name == "model_args":
+            p.add_argument(
+                flag, dest=name, type=json_table, default=None, metavar="JSON", help=help_text
+            )
+        elif kind is bool or (isinstance(kind, types.UnionType) and bool in args):
             p.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
@@ -266,6 +289,15 @@ def build_study(p: argparse.ArgumentParser) -> None:
     add_study_inspection(study_p)
 
 
+def build_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="size each model for this dataset's classes and images (default: CIFAR-100's)",
+    )
+    add_json(p)
+
+
 def build_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="a study folder")
     add_json(p)
@@ -279,6 +311,7 @@ SUBCOMMANDS = {
     "study": ("run, inspect and show studies", build_study),
     "export": ("write model.safetensors and model.onnx, check them, time them", build_export),
     "report": ("write report.md / report.html for a study folder", build_report),
+    "models": ("the models by name (built-in, registered, entry points) and sizes", build_models),
 }
 
 
@@ -336,6 +369,12 @@ def add_study_inspection(study_p: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="file to write (default: NAME.toml); never replaced"
     )
+    p.add_argument(
+        "--model", default=None, help="your own model in the starter: 'module:callable' or a name"
+    )
+    p.add_argument(
+        "--dataset", default=None, help="your own data in the starter: npz:FILE or folder:FOLDER"
+    )
     add_json(p)
 
 
@@ -368,7 +407,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from hpstudy.config import RunConfig, make_run_config
 
-    values = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k) is not None}
+    values = {k: v for k in RunConfig.model_fields if (v := getattr(args, k, None)) is not None}
     config = make_run_config(values, "train options")  # a bad option fails before torch loads
     from hpstudy.run import train
 
@@ -491,7 +530,7 @@ def cmd_study_list(args: argparse.Namespace) -> None:
 def cmd_study_init(args: argparse.Namespace) -> None:
     from hpstudy import study
 
-    text = study.starter_text(args.name, args.source)
+    text = study.starter_text(args.name, args.source, args.model, args.dataset)
     out = args.out if args.out is not None else Path(f"{args.name}.toml")
     try:
         with open(out, "x", encoding="utf-8") as f:  # "x": never over an existing file
@@ -601,7 +640,38 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report written: {path}")
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    """Each model name, where it comes from, and its parameters at width 1.0 for the
+    dataset's classes and images (a model that cannot be built says why)."""
+    from hpstudy.config import make_run_config
+    from hpstudy.models import count_parameters, create_model, list_models
+    from hpstudy.models.registry import BUILTIN
+    from hpstudy.run import data_shape
+
+    dataset = args.dataset or "cifar100"
+    classes, image_shape = data_shape(make_run_config({"dataset": dataset}, "--dataset"))
+    rows = []
+    for name in list_models():
+        source = "built-in" if name in BUILTIN else "registered or entry point"
+        try:
+            parameters, error = count_parameters(create_model(name, classes, 1.0)), None
+        except HpstudyError as err:
+            parameters, error = None, one_line(str(err))
+        rows.append({"name": name, "source": source, "parameters": parameters, "error": error})
+    if args.json:
+        print_json({"dataset": dataset, "num_classes": classes,
+                    "image_shape": list(image_shape), "models": rows})  # fmt: skip
+        return
+    print(f"models at width 1.0 for {dataset} ({classes} classes, images "
+          f"{'x'.join(map(str, image_shape))}); your own: --model module:callable")  # fmt: skip
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        size = f"{r['parameters']:>12,} parameters" if r["error"] is None else r["error"]
+        print(f"  {r['name']:{width}}  {size}  ({r['source']})")
+
+
 COMMANDS = {
+    "models": cmd_models,
     "data": cmd_data,
     "train": cmd_train,
     "evaluate": cmd_evaluate,

@@ -5,6 +5,9 @@ runs left out) gives a short hash: the run's identity and its directory name, so
 equal configs meet in one place and a study reuses runs it has already done.
 The precision is part of that identity once resolved for a device: a run
 trained in fp32 on a CPU and one trained in bf16 on a GPU are different runs.
+A run of the user's own model or data keeps a fingerprint of them in its identity
+(`model_source`, `data_source`, filled in when the config is made, see hpstudy.sources):
+a changed model module or data file is a new run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpstudy.defaults import auto_row
 from hpstudy.files import parse_model
@@ -23,8 +26,15 @@ EXECUTION_FIELDS = frozenset({"device", "compile", "eval_batch_size"})
 # Fields added after run folders existed: left out of the identity at their default, so every
 # run folder named before they existed keeps its name.
 LATER_FIELDS = frozenset(
-    {"lr_per_step", "cutmix_alpha", "mix_switch_prob", "ema_decay", "optimizer", "dataset"}
-)
+    {
+        "lr_per_step", "cutmix_alpha", "mix_switch_prob", "ema_decay", "optimizer", "dataset",
+        "model_args", "model_source", "data_source", "image_size",
+    }
+)  # fmt: skip
+# Filled in when a config is made, never by hand: the fingerprint of the user's model and data.
+SOURCE_FIELDS = frozenset({"model_source", "data_source"})
+MAX_MODEL_ARGS = 64
+ModelArg = bool | int | float | str
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MAX_SEED = 2**32 - 1  # what every generator the run seeds (torch, numpy) takes
 
@@ -45,10 +55,23 @@ class RunConfig(BaseModel):
     )
 
     # what is trained
-    dataset: Literal["cifar100", "cifar10"] = Field(
-        "cifar100", description="the dataset: cifar100, or cifar10 (no superclasses)"
+    dataset: str = Field(
+        "cifar100",
+        max_length=4200,
+        description="the dataset: cifar100, cifar10 (no superclasses), npz:PATH, folder:PATH "
+        "or a registered name",
     )
-    model: str = Field("mobilenet", description="the network, one of the registered models")
+    model: str = Field(
+        "mobilenet",
+        max_length=300,
+        description="the network: a registered model, or your own 'module:callable'",
+    )
+    model_args: dict[str, ModelArg] = Field(
+        default_factory=dict, description="keyword arguments of the model's builder"
+    )
+    image_size: int | None = Field(
+        None, ge=1, le=1024, description="side a folder: dataset's images are resized to"
+    )
     width: float = Field(1.0, gt=0, le=8, description="width multiplier of every channel count")
     # optimisation (the report's fixed choices are the defaults)
     epochs: int = Field(15, ge=1, description="passes over the train split")
@@ -98,6 +121,52 @@ class RunConfig(BaseModel):
     eval_batch_size: int | None = Field(
         None, ge=1, description="evaluation batch; auto: 256 on CPU, 1024 on CUDA"
     )
+    # the fingerprints of the user's model and data (filled in: see `fill_sources`)
+    model_source: str | None = Field(
+        None, max_length=500, description="the model's module and its source's sha256 (filled in)"
+    )
+    data_source: str | None = Field(
+        None, max_length=500, description="the data's sha256 (filled in)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def fill_sources(cls, raw: Any) -> Any:
+        """Fingerprint the user's model and data where the raw values name them (a config
+        read back from a run folder keeps the fingerprint it was made with). Raises
+        HpstudyError (one line, naming the field) for a model or data that cannot be found."""
+        if not isinstance(raw, dict):
+            return raw
+        from hpstudy.sources import check_dataset_name, dataset_fingerprint
+
+        raw = dict(raw)
+        model = raw.get("model", "mobilenet")
+        if isinstance(model, str) and len(model) <= 300:
+            from hpstudy.models.registry import model_source
+
+            held = raw.get("model_source")
+            if not (isinstance(held, str) and held.startswith(f"{model} ")):
+                raw["model_source"] = model_source(model)
+        dataset = raw.get("dataset", "cifar100")
+        if isinstance(dataset, str) and len(dataset) <= 4200:
+            check_dataset_name(dataset)
+            held = raw.get("data_source")
+            if not (isinstance(held, str) and held.startswith(f"{dataset} ")):
+                found = dataset_fingerprint(dataset)
+                raw["data_source"] = None if found is None else f"{dataset} {found}"
+        return raw
+
+    @field_validator("model_args")
+    @classmethod
+    def _small_args(cls, value: dict[str, ModelArg]) -> dict[str, ModelArg]:
+        if len(value) > MAX_MODEL_ARGS:
+            raise ValueError(f"at most {MAX_MODEL_ARGS} model arguments (got {len(value)})")
+        for key, arg in value.items():
+            if not key.isidentifier():
+                raise ValueError(f"{key[:40]!r} is not a keyword name")
+            if isinstance(arg, str) and len(arg) > 200:
+                raise ValueError(f"{key}: a string of at most 200 characters")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -107,6 +176,8 @@ class RunConfig(BaseModel):
             )
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        if self.image_size is not None and not self.dataset.startswith("folder:"):
+            raise ValueError("image_size resizes a folder: dataset's images (leave it unset)")
         if self.nesterov and self.optimizer == "adamw":
             raise ValueError("nesterov is SGD's: adamw has no nesterov (leave it off)")
         return self
@@ -118,10 +189,11 @@ class RunConfig(BaseModel):
         )
 
     def identity(self) -> dict[str, Any]:
+        fields = type(self).model_fields
         at_default = {
             name
             for name in LATER_FIELDS
-            if getattr(self, name) == type(self).model_fields[name].default
+            if getattr(self, name) == fields[name].get_default(call_default_factory=True)
         }
         return self.model_dump(exclude=set(EXECUTION_FIELDS) | at_default)
 

@@ -2,7 +2,8 @@
 
 `load_model(RUN_DIR)` gives the trained model back in one call. `export_run` writes
 model.safetensors (the selected weights, with the run's config and normalisation as
-metadata), model.onnx (input: uint8 NCHW [N, 3, 32, 32] pixels 0..255, normalisation
+metadata), model.onnx (input: uint8 NCHW [N, C, H, W] pixels 0..255, [N, 3, 32, 32] for
+CIFAR; normalisation
 inside the graph, any batch size; output: logits [N, classes]), checks that ONNX
 Runtime's logits equal PyTorch's on real validation images, measures CPU latency
 and throughput with both runtimes, and writes it all to export.json.
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpstudy.constants import IMAGE_SHAPE
 from hpstudy.errors import HpstudyError
 from hpstudy.files import check_writable, read_json, stamped, write_atomic, write_json, write_with
 from hpstudy.models import count_macs, count_parameters
-from hpstudy.run import RunDir, load_data, split_of
+from hpstudy.run import RunDir, data_shape, load_data, split_of
 from hpstudy.run.evaluate import load_trained
 from hpstudy.run.folder import EXPORT_FILES, not_a_folder
 
@@ -111,8 +113,10 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
 
 
-def write_onnx(path: Path, deployable: Deployable) -> None:
-    example = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+def write_onnx(
+    path: Path, deployable: Deployable, image_shape: tuple[int, ...] = IMAGE_SHAPE
+) -> None:
+    example = torch.zeros(1, *image_shape, dtype=torch.uint8)
     # The TorchScript exporter (dynamo=False) works for this model with torch 2.13 and needs
     # no onnxscript; its deprecation warning and chatter are not the user's business.
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
@@ -169,12 +173,15 @@ def _time(fn: Any, runs: int, warmup: int) -> list[float]:
 
 
 def benchmark(
-    deployable: Deployable, session: Any, latency_runs: int = LATENCY_RUNS
+    deployable: Deployable,
+    session: Any,
+    latency_runs: int = LATENCY_RUNS,
+    image_shape: tuple[int, ...] = IMAGE_SHAPE,
 ) -> dict[str, dict[str, float]]:
     """Batch-1 median latency (ms) and batch-256 throughput (images/s), PyTorch and ONNX Runtime."""
     gen = torch.Generator().manual_seed(0)
-    one = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    many = torch.randint(0, 256, (THROUGHPUT_BATCH, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    one = torch.randint(0, 256, (1, *image_shape), dtype=torch.uint8, generator=gen)
+    many = torch.randint(0, 256, (THROUGHPUT_BATCH, *image_shape), dtype=torch.uint8, generator=gen)
     results = {}
     with torch.inference_mode():
         runtimes = {
@@ -272,7 +279,8 @@ def export_run(
     config = trained.config
     mean, std = trained.mean.cpu(), trained.std.cpu()
     deployable = Deployable(model, mean, std).eval()
-    classes = int(model(torch.zeros(1, 3, 32, 32)).shape[1])
+    _, image_shape = data_shape(config)
+    classes = int(model(torch.zeros(1, *image_shape)).shape[1])
     metadata = {
         "config": json.dumps(config.model_dump(), sort_keys=True),
         "run_hash": config.run_hash(),
@@ -285,27 +293,28 @@ def export_run(
     st_path, onnx_path = out_dir / "model.safetensors", out_dir / "model.onnx"
     # through a temporary file each: never through a link, never a half-written model
     write_with(st_path, lambda tmp: write_safetensors(tmp, model, metadata))
-    write_with(onnx_path, lambda tmp: write_onnx(tmp, deployable))
+    write_with(onnx_path, lambda tmp: write_onnx(tmp, deployable, image_shape))
     session = _session(onnxruntime, onnx_path)
     result: dict[str, Any] = {
         "run_dir": str(run.path),
         "run_hash": config.run_hash(),
         "weights": trained.weights,
-        "onnx_input": "images: uint8 NCHW [N, 3, 32, 32], pixels 0..255 (normalisation inside)",
+        "onnx_input": f"images: uint8 NCHW [N, {', '.join(map(str, image_shape))}], pixels "
+        "0..255 (normalisation inside)",
         "onnx_output": f"logits: float32 [N, {classes}]",
         "parameters": count_parameters(model),
-        "macs_per_image": count_macs(model),
+        "macs_per_image": count_macs(model, image_shape),
         "files": {p.name: p.stat().st_size for p in (st_path, onnx_path)},
         "threads": torch.get_num_threads(),
         "check": None,
     }
     if check:
-        cifar = load_data(root, verify, config.dataset)
+        cifar = load_data(root, verify, config.dataset, config.image_size)
         _, val_idx = split_of(config, cifar)
         images = cifar.train.images[val_idx[:CHECK_IMAGES]]
         result["check"] = check_outputs(deployable, session, images)
     before = load_now()
-    result["latency"] = benchmark(deployable, session, latency_runs)
+    result["latency"] = benchmark(deployable, session, latency_runs, image_shape)
     after = load_now()
     loads = [x["load_1min"] for x in (before, after) if x["load_1min"] is not None]
     result["load"] = {"load_1min": max(loads) if loads else None, "cores": after["cores"]}

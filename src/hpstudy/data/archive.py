@@ -136,7 +136,7 @@ def layout_of(dataset: str) -> Layout:
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8 (N, *IMAGE_SHAPE), contiguous, CPU
+    images: torch.Tensor  # uint8 (N, C, H, W), contiguous, CPU: (N, *IMAGE_SHAPE) for CIFAR
     fine: torch.Tensor  # int64 (N,): the class labels (CIFAR-10's `labels`)
     coarse: torch.Tensor | None  # int64 (N,) superclasses; None where the dataset has none
 
@@ -154,6 +154,12 @@ class Cifar100:
     @property
     def num_classes(self) -> int:
         return len(self.fine_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image: (3, 32, 32) for CIFAR."""
+        c, h, w = self.train.images.shape[1:]
+        return int(c), int(h), int(w)
 
 
 CifarData = Cifar100  # the name that says it may hold either dataset

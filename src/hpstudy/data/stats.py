@@ -72,6 +72,7 @@ def split_info(data: Cifar100, seed: int = 0, limit_train: int | None = None) ->
         "val_size": val_idx.numel(),
         "test_size": data.test.fine.numel(),
         "num_classes": data.num_classes,
+        "image_shape": list(data.image_shape),
         "mean": mean,
         "std": std,
         "val_indices_sha256": indices_sha256(val_idx),

@@ -22,6 +22,7 @@ _WHERE = {
     "DeviceData": "device_data",
     "device_data": "device_data",
     "load_data": "device_data",
+    "data_shape": "device_data",
     "split_of": "device_data",
     "evaluate": "evaluate",
     "evaluate_arrays": "evaluate",

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from hpstudy.config import RunConfig
-from hpstudy.constants import num_classes
 from hpstudy.defaults import auto_row
 from hpstudy.errors import HpstudyError
-from hpstudy.models import create_model
+from hpstudy.models import check_output, create_model
+from hpstudy.models.registry import BUILTIN
+from hpstudy.run.device_data import data_shape
+from hpstudy.sources import BUILTIN_DATASETS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -86,8 +88,15 @@ class Execution:
             torch.cuda.synchronize(self.device)
 
 
-def build_model(config: RunConfig, ex: Execution) -> nn.Module:
-    """The config's model, seeded by the run's seed, on the device in its memory format."""
+def build_model(
+    config: RunConfig, ex: Execution, shape: tuple[int, tuple[int, ...]] | None = None
+) -> nn.Module:
+    """The config's model, seeded by the run's seed, on the device in its memory format.
+    `shape`: (classes, image shape) of the data (default: the config's dataset's). The
+    user's model is checked to give one logit per class before anything trains."""
+    classes, image_shape = data_shape(config) if shape is None else shape
     torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes(config.dataset), config.width)
+    model = create_model(config.model, classes, config.width, **config.model_args)
+    if config.model not in BUILTIN or config.dataset not in BUILTIN_DATASETS:
+        check_output(model, config.model, classes, image_shape)
     return model.to(ex.device, memory_format=ex.memory_format)

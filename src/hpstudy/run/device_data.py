@@ -13,11 +13,13 @@ import torch
 
 from hpstudy import data
 from hpstudy.config import RunConfig
+from hpstudy.constants import DATASET_CLASSES, IMAGE_SHAPE
+from hpstudy.sources import BUILTIN_DATASETS, dataset_fingerprint
 
 
 @dataclass(frozen=True)
 class DeviceData:
-    train_x: torch.Tensor  # uint8 (N, 3, 32, 32)
+    train_x: torch.Tensor  # uint8 (N, C, H, W): (N, 3, 32, 32) for CIFAR
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
@@ -37,16 +39,34 @@ class DeviceData:
         )
 
 
-_loaded: dict[tuple[str, bool, str], data.Cifar100] = {}
+_loaded: dict[tuple[str, bool, str, int | None], data.Cifar100] = {}
 
 
-def load_data(root: str | Path | None, verify: bool, dataset: str = "cifar100") -> data.Cifar100:
-    """Load once per process: a study runs many configurations on the same archive."""
-    key = (str(data.resolve_root(root)), verify, dataset)
+def load_data(
+    root: str | Path | None, verify: bool, dataset: str = "cifar100", image_size: int | None = None
+) -> data.Cifar100:
+    """Load once per process: a study runs many configurations on the same archive. The
+    user's data (not under ROOT) is loaded again when its file or folder changed."""
+    if dataset in BUILTIN_DATASETS:
+        key = (str(data.resolve_root(root)), verify, dataset, None)
+    else:
+        key = (dataset_fingerprint(dataset) or "", True, dataset, image_size)
     if key not in _loaded:
         _loaded.clear()
-        _loaded[key] = data.load_dataset(dataset, root, verify=verify)
+        if dataset in BUILTIN_DATASETS:
+            _loaded[key] = data.load_dataset(dataset, root, verify=verify)
+        else:
+            _loaded[key] = data.load_user_dataset(dataset, image_size)
     return _loaded[key]
+
+
+def data_shape(config: RunConfig) -> tuple[int, tuple[int, int, int]]:
+    """(classes, (C, H, W) of one image) of the config's dataset: CIFAR's are fixed, the
+    user's are read from the data (loaded once per process)."""
+    if config.dataset in BUILTIN_DATASETS:
+        return DATASET_CLASSES[config.dataset], IMAGE_SHAPE
+    loaded = load_data(None, True, config.dataset, config.image_size)
+    return loaded.num_classes, loaded.image_shape
 
 
 def split_of(config: RunConfig, cifar: data.Cifar100) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,7 +151,7 @@ def evaluate(
     config, ex, model = trained.config, trained.ex, trained.model
     summary = run.read_summary()
     assert summary is not None  # load_trained refuses a run without one
-    cifar = load_data(root, verify, config.dataset)
+    cifar = load_data(root, verify, config.dataset, config.image_size)
     if split == "test":
         part = cifar.test
         images, fine, coarse = part.images, part.fine, part.coarse
@@ -197,7 +197,7 @@ def image_outcomes(
     if not kept.exists():
         return None
     config = run.read_config()
-    cifar = load_data(root, verify, config.dataset)
+    cifar = load_data(root, verify, config.dataset, config.image_size)
     if split == "test":
         labels = cifar.test.fine
     else:

@@ -76,9 +76,10 @@ def batches(d: DeviceData, config: RunConfig, ex: Execution, epoch: int) -> Iter
     gen = torch.Generator(device=ex.device).manual_seed(epoch_seed(config.seed, epoch))
     lam_rng = np.random.default_rng([config.seed, epoch, 1])
     order = torch.randperm(len(d.train_x), generator=gen, device=ex.device)
+    padding = augment.crop_padding(*d.train_x.shape[-2:])
     for i in range(0, len(d.train_x), config.batch_size):
         idx = order[i : i + config.batch_size]
-        x = augment.flip_crop(d.train_x[idx], gen)
+        x = augment.flip_crop(d.train_x[idx], gen, padding)
         x = augment.normalize(x, d.mean, d.std).contiguous(memory_format=ex.memory_format)
         y, y2 = d.train_y[idx], None
         if config.cutmix_alpha > 0 and (
@@ -139,9 +140,15 @@ class Trainer:
     ema: AveragedModel | None = None
 
     @classmethod
-    def create(cls, config: RunConfig, ex: Execution | None = None) -> Trainer:
+    def create(
+        cls,
+        config: RunConfig,
+        ex: Execution | None = None,
+        shape: tuple[int, tuple[int, ...]] | None = None,
+    ) -> Trainer:
+        """`shape`: (classes, image shape) of the data (default: the config's dataset's)."""
         ex = ex or Execution.resolve(config)
-        model = build_model(config, ex)
+        model = build_model(config, ex, shape)
         step_model: nn.Module = torch.compile(model) if ex.compile else model  # type: ignore[assignment]
         optimizer = make_optimizer(config, model)
         scaler = torch.amp.GradScaler(ex.device.type) if ex.precision == "fp16" else None
@@ -276,8 +283,9 @@ def train(
     label = label or run.name
     # before the data: a hook that cannot be built fails the run before anything is written
     listeners = resolve_hooks(default_hooks(label) if hooks is None else hooks)
-    d = device_data(load_data(root, verify, config.dataset), config, ex.device)
-    trainer = Trainer.create(config, ex)
+    loaded = load_data(root, verify, config.dataset, config.image_size)
+    d = device_data(loaded, config, ex.device)
+    trainer = Trainer.create(config, ex, (loaded.num_classes, loaded.image_shape))
     run.claim(config)  # only once data and model are there: a failed start leaves no folder
     rows, start_epoch = resume(run, trainer, config)
     run.write_metrics(rows, ema=trainer.ema is not None)

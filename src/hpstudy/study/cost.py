@@ -27,11 +27,11 @@ import torch
 
 from hpstudy import __version__
 from hpstudy.config import RunConfig
-from hpstudy.constants import IMAGE_SHAPE, NUM_CLASSES, NUM_SUPERCLASSES
+from hpstudy.constants import NUM_SUPERCLASSES
 from hpstudy.errors import HpstudyError
 from hpstudy.files import read_json, write_json
 from hpstudy.progress import duration
-from hpstudy.run import DeviceData, Execution, RunDir, RunStatus, Trainer, device_name
+from hpstudy.run import DeviceData, Execution, RunDir, RunStatus, Trainer, data_shape, device_name
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.state import StudyFolder
 
@@ -253,7 +253,11 @@ def speed_key(config: RunConfig, ex: Execution) -> str:
         f"|{ex.precision}|{'channels_last' if ex.channels_last else 'nchw'}"
         f"|{'compile' if ex.compile else 'eager'}|eval {ex.eval_batch_size}"
         f"|torch {torch.__version__}"
-    )
+    ) + "".join(  # the user's model or data: its own speed (CIFAR's keys stay as they were)
+        f"|{part}"
+        for part in (config.model_source, config.data_source, config.image_size)
+        if part is not None
+    ) + (f"|args {sorted(config.model_args.items())}" if config.model_args else "")
 
 
 def read_cache(path: Path) -> dict[str, dict[str, float]]:
@@ -321,23 +325,25 @@ def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool 
     gen = torch.Generator().manual_seed(0)
     train_n, val_n = steps * config.batch_size, eval_batches * ex.eval_batch_size
 
+    classes, image_shape = data_shape(config)
+
     def images(n: int) -> torch.Tensor:
-        return torch.randint(0, 256, (n, *IMAGE_SHAPE), dtype=torch.uint8, generator=gen)
+        return torch.randint(0, 256, (n, *image_shape), dtype=torch.uint8, generator=gen)
 
     def labels(n: int, k: int) -> torch.Tensor:
         return torch.randint(0, k, (n,), generator=gen)
 
     d = DeviceData(
         train_x=images(train_n).to(ex.device),
-        train_y=labels(train_n, NUM_CLASSES).to(ex.device),
+        train_y=labels(train_n, classes).to(ex.device),
         val_x=images(val_n).to(ex.device),
-        val_y=labels(val_n, NUM_CLASSES).to(ex.device),
+        val_y=labels(val_n, classes).to(ex.device),
         val_coarse=labels(val_n, NUM_SUPERCLASSES).to(ex.device),
-        mean=torch.full((3,), 0.5, device=ex.device),
-        std=torch.full((3,), 0.25, device=ex.device),
+        mean=torch.full((image_shape[0],), 0.5, device=ex.device),
+        std=torch.full((image_shape[0],), 0.25, device=ex.device),
     )
     rng = torch.get_rng_state()  # measuring must not move the run's own random stream
-    trainer = Trainer.create(config, ex)
+    trainer = Trainer.create(config, ex, (classes, image_shape))
     trainer.train_epoch(d.head(train=warmup * config.batch_size), 10_000, False)
     load = load_average()
     windows = sorted(timed(ex, lambda: trainer.train_epoch(d, 0, False)) for _ in range(WINDOWS))

@@ -24,6 +24,7 @@ from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
 from hpstudy.progress import bar
 from hpstudy.run import RunDir, evaluate, image_outcomes, load_data
+from hpstudy.sources import BUILTIN_DATASETS
 from hpstudy.study.cost import Speed, measure_speed
 from hpstudy.study.select import SeedOutcomes
 
@@ -36,12 +37,15 @@ def data_summary(
     dataset: str,
     device: str | None,
     limit_train: int | None = None,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
     """What the report says of the data (with the class balance of the first `limit_train`
     train images the runs use); runs where the runs run (the driver may lack the data)."""
-    loaded = load_data(options.root, options.verify, dataset)
+    loaded = load_data(options.root, options.verify, dataset, image_size)
     info = data.split_info(loaded, split_seed, limit_train)
-    return {"root": str(data.resolve_root(options.root)), **info}
+    # the user's data is not under ROOT: its source says where it is
+    root = str(data.resolve_root(options.root)) if dataset in BUILTIN_DATASETS else dataset
+    return {"root": root, **info}
 
 
 def opening(
@@ -55,7 +59,9 @@ def opening(
     """Before anything trains: the data summary (for the train images `config` is limited
     to) and the study's model timed on the device (read from the speed cache where
     measured before and trusted, unless `remeasure`)."""
-    summary = data_summary(options, split_seed, dataset, device, config.limit_train)
+    summary = data_summary(
+        options, split_seed, dataset, device, config.limit_train, config.image_size
+    )
     return summary, measure_speed(config, device, remeasure)
 
 

@@ -39,7 +39,6 @@ from hpstudy.errors import HpstudyError
 from hpstudy.files import errors_message, read_capped
 from hpstudy.study.kinds import (
     RESERVED_FIELDS,
-    Scalar,
     StageKind,
     find_kind,
     format_value,
@@ -116,7 +115,7 @@ class StudyConfig(BaseModel):
     # every run's train/val split drawn from its own seed (split_seed = seed), so the
     # split's variance is part of the seed-to-seed spread
     split_follows_seed: bool = False
-    base: dict[str, Scalar] = {}
+    base: dict[str, Any] = {}  # scalars, and model_args: a table of scalars
     stages: list[AnyStage] = Field(min_length=1)
     final: Final = Final()
     report: ReportSpec = ReportSpec()
@@ -142,6 +141,20 @@ class StudyConfig(BaseModel):
                 "a study name is a name, not a path: no '/', '\\', '..', leading '.' "
                 "or control characters"
             )
+        return v
+
+    @field_validator("base")
+    @classmethod
+    def _base_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if key == "model_args" and isinstance(value, dict):
+                for arg, inner in value.items():
+                    if not isinstance(inner, bool | int | float | str):
+                        raise ValueError(f"model_args.{arg}: must be a number, string or "
+                                         f"boolean, not a {type(inner).__name__}")  # fmt: skip
+            elif not isinstance(value, bool | int | float | str):
+                raise ValueError(f"{key}: must be a number, string or boolean, not a "
+                                 f"{type(value).__name__}")  # fmt: skip
         return v
 
     @field_validator("seeds")
@@ -290,6 +303,21 @@ def load_study(spec: str | Path, installed: bool = True) -> StudyConfig:
     return parse_study(*study_text(spec), installed=installed)
 
 
+def own_model_lines(model: str) -> str:
+    """The starter's model line for the user's own builder (its keywords: `model_args`)."""
+    return (
+        f"model = {json.dumps(model)}   # build(num_classes, width, **model_args) -> nn.Module\n"
+        "# model_args = { depth = 4 }   # its keywords (part of every run's identity)\n"
+    )
+
+
+def own_dataset_line(dataset: str) -> str:
+    return (
+        f"dataset = {json.dumps(dataset)}   # npz:FILE or folder:FOLDER (relative to where "
+        "you run), cifar10, cifar100\n"
+    )
+
+
 STARTER = """\
 # A study: each stage varies one RunConfig field (see `hpstudy train --help` for every
 # field and what it means); every later stage starts from the winners before it.
@@ -350,11 +378,21 @@ split = "test"              # the last stage's winner is evaluated once on test
 """
 
 
-def starter_text(name: str, source: str | None = None) -> str:
+def starter_text(
+    name: str, source: str | None = None, model: str | None = None, dataset: str | None = None
+) -> str:
     """A commented study file named `name` to start from: the starter, or a copy of the
-    study `source` (a built-in name or a file) with its name changed; checked to load."""
+    study `source` (a built-in name or a file) with its name changed; checked to load.
+    `model` and `dataset` (the starter only) name the user's own: the file's base says so."""
     if source is None:
         text = STARTER.replace('name = "NAME"', f"name = {json.dumps(name)}", 1)
+        base_end = 'schedule = "constant"\n'
+        if dataset is not None:
+            text = text.replace(base_end, base_end + own_dataset_line(dataset), 1)
+        if model is not None:
+            text = text.replace('model = "mobilenet"\n', own_model_lines(model), 1)
+    elif model is not None or dataset is not None:
+        raise HpstudyError("--model and --dataset fill in the starter, not a copy (--from)")
     else:
         text, where = study_text(source)
         parse_study(text, where)  # a broken source is its own error, not the copy's

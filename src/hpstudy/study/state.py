@@ -147,6 +147,7 @@ class DataSummary(Record):
     val_size: int
     test_size: int
     num_classes: int
+    image_shape: list[int] = Field([3, 32, 32], max_length=3)  # (C, H, W); before it: CIFAR's
     mean: list[float] = Field(max_length=4)
     std: list[float] = Field(max_length=4)
     val_indices_sha256: str

@@ -22,9 +22,20 @@ def vector(values: list[float]) -> str:
     return ", ".join(f"{v:.4f}" for v in values) if values else DASH
 
 
+def dataset_text(dataset: str, classes: int, image_shape: list[int]) -> str:
+    """What the data is: CIFAR by its name, the user's by its source, with its classes and
+    image size (the user's data has no superclasses, so the report shows none)."""
+    names = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10"}
+    shown = names.get(dataset) or code(dataset)
+    size = "x".join(map(str, image_shape[1:]))
+    channels = "RGB" if image_shape[:1] == [3] else f"{image_shape[0]} channel(s)"
+    return f"{shown}: {classes} classes, {size} {channels} images"
+
+
 def render(a: Analysis, numbers: FigureNumbers) -> Rendered:
     d = a.data
     rows = [
+        ["dataset", dataset_text(d.dataset, d.num_classes, d.image_shape)],
         ["train / val / test images", f"{d.train_size:,} / {d.val_size:,} / {d.test_size:,}"],
         ["mean (R, G, B)", vector(d.mean)],
         ["std (R, G, B)", vector(d.std)],
