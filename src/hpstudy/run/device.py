@@ -51,6 +51,7 @@ class Execution:
     channels_last: bool
     compile: bool
     eval_batch_size: int
+    cudnn_benchmark: bool = False  # the `auto` table's choice; only a CUDA device has cuDNN
 
     @classmethod
     def resolve(cls, config: RunConfig) -> Execution:
@@ -64,7 +65,8 @@ class Execution:
         channels_last = row.channels_last if config.channels_last is None else config.channels_last
         compile_model = row.compile if config.compile is None else config.compile
         eval_batch = config.eval_batch_size or row.eval_batch_size
-        return cls(device, precision, channels_last, compile_model, eval_batch)
+        benchmark = cuda and row.cudnn_benchmark
+        return cls(device, precision, channels_last, compile_model, eval_batch, benchmark)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -87,7 +89,10 @@ class Execution:
 
 
 def build_model(config: RunConfig, ex: Execution) -> nn.Module:
-    """The config's model, seeded by the run's seed, on the device in its memory format."""
+    """The config's model, seeded by the run's seed, on the device in its memory format
+    (cuDNN's algorithm search switched as the execution says: a process-wide setting)."""
+    if ex.device.type == "cuda":
+        torch.backends.cudnn.benchmark = ex.cudnn_benchmark
     torch.manual_seed(config.seed)
     model = create_model(config.model, num_classes(config.dataset), config.width)
     return model.to(ex.device, memory_format=ex.memory_format)
