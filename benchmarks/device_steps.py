@@ -219,11 +219,11 @@ def trainer_cell(s: Sizes, d: Any, **choice: Any) -> dict[str, Any]:
     from hpstudy.run import Trainer
 
     bench = choice.pop("cudnn_benchmark", False)
-    torch.backends.cudnn.benchmark = bench
     batch = choice.pop("batch_size", s.batch)
     mode = choice.pop("compile_mode", None)
     config = RunConfig(width=s.width, batch_size=batch, device=s.device, **choice)
     trainer = Trainer.create(config)
+    torch.backends.cudnn.benchmark = bench  # after create, which sets the table's choice
     if mode is not None:  # a mode the config cannot name yet: compiled here, statically
         trainer.step_model = torch.compile(trainer.model, mode=mode, dynamic=False)
     steps = s.steps * s.batch // batch or 1
@@ -292,8 +292,7 @@ def study(s: Sizes, work: Path, record: Record, dry_run: bool) -> None:
     captured): the cost block's prediction against the wall time it took."""
     import contextlib
     import io
-
-    from hpstudy.cli import main
+    import runpy
 
     target = s.study
     if target == "tiny":
@@ -310,8 +309,13 @@ def study(s: Sizes, work: Path, record: Record, dry_run: bool) -> None:
             "--no-verify", "--device", s.device, "--out", str(work / "study"), "--json"]
     err, out = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
+    sys.argv = ["hpstudy", *argv]  # `python -m hpstudy ARGV`, in this process
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main(argv)
+        try:
+            runpy.run_module("hpstudy", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
     wall = time.perf_counter() - t0
     sys.stderr.write(err.getvalue())
     predicted = [line.strip() for line in err.getvalue().splitlines() if "predicted on" in line]

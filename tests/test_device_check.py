@@ -2,7 +2,7 @@
 its CPU form (`--dry-run`: the same steps at tiny sizes) and leaves a JSON line and a table row
 per finding as each step finishes, so that a step killed by its timeout costs only itself.
 
-The dry run: a handful of processes at width 0.125 on 160 images, one thread each (~20 s of
+The dry run: a handful of processes at width 0.125 on 160 images, one thread each (about 35 s of
 CPU); the timeout test runs a stand-in interpreter that only sleeps (~2 s, no CPU).
 """
 
