@@ -469,6 +469,25 @@ def test_a_measured_table_changes_what_auto_means(
     assert executor.workers == ["cpu", "cpu"]  # the table's runs per device
 
 
+def test_cudnn_benchmark_is_an_auto_table_choice_for_cuda_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpstudy.defaults import auto_row
+
+    assert auto_row("cuda").cudnn_benchmark is True  # the shipped table's
+    assert Execution.resolve(RunConfig(device="cpu")).cudnn_benchmark is False
+    table = write_table(tmp_path / "t.json", cudnn_benchmark=False, cpu={"cudnn_benchmark": True})
+    monkeypatch.setenv("HPSTUDY_AUTO_DEFAULTS", str(table))
+    assert auto_row("cuda").cudnn_benchmark is False
+    assert Execution.resolve(RunConfig(device="cpu")).cudnn_benchmark is False  # no cuDNN
+    old = json.loads(table.read_text())  # a table written before the field existed
+    for row in old["rows"].values():
+        del row["cudnn_benchmark"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    monkeypatch.setenv("HPSTUDY_AUTO_DEFAULTS", str(tmp_path / "old.json"))
+    assert auto_row("cuda").cudnn_benchmark is False
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [

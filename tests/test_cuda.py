@@ -2,7 +2,8 @@
 evaluation, augmentation on the device, several runs per GPU through `--devices`.
 
 All marked `cuda` and skipped, with the reason, where no GPU is visible;
-`benchmarks/gpu_check.py` runs them (`pytest -m cuda`) when GPU time is lent.
+`benchmarks/device_check.sh` (and gpu_check.py) runs them (`pytest -m cuda`) when GPU time
+is lent.
 """
 
 from __future__ import annotations
@@ -61,6 +62,31 @@ def test_the_default_on_cuda_is_the_tables_and_its_hash_is_bf16s() -> None:
     ex = Execution.resolve(tiny())
     assert (ex.precision, ex.channels_last, ex.eval_batch_size) == ("bf16", True, 1024)
     assert tiny().for_device("cuda").run_hash() == tiny(precision="bf16").run_hash()
+
+
+def test_a_cuda_trainer_sets_cudnn_benchmark_as_the_table_says() -> None:
+    torch.backends.cudnn.benchmark = not Execution.resolve(RunConfig(device="cuda")).cudnn_benchmark
+    trainer = Trainer.create(RunConfig(width=0.125, device="cuda"))
+    assert torch.backends.cudnn.benchmark is trainer.ex.cudnn_benchmark is True
+
+
+def test_an_ema_step_on_cuda_equals_torchs_averaged_model() -> None:
+    """WeightEma on the GPU: no per-step read of a counter, the same numbers as torch's."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    trainer = Trainer.create(RunConfig(width=0.125, device="cuda", ema_decay=0.9))
+    ema = trainer.ema
+    assert ema is not None
+    averaged = AveragedModel(trainer.model, multi_avg_fn=get_ema_multi_avg_fn(0.9),
+                             use_buffers=True)  # fmt: skip
+    for _ in range(3):
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        averaged.update_parameters(trainer.model)
+    ours, theirs = ema.state_dict(), averaged.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -122,6 +122,28 @@ def test_the_exported_files_share_one_mode(exported: tuple[Path, dict]) -> None:
     assert len(modes) == 1, modes  # safetensors' save_file alone writes 0600
 
 
+def test_a_run_trained_in_fp16_loads_and_exports_on_the_cpu_in_fp32(
+    ema_run: Path, tmp_path: Path
+) -> None:
+    """fp16 is CUDA's (the CPU refuses it): a run trained so is loaded in fp32 on a CPU, with
+    the same weights, and exports; its config (and hash) stay as trained."""
+    import shutil
+
+    run = tmp_path / "fp16-run"
+    shutil.copytree(ema_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "precision": "fp16"}))
+    with pytest.raises(HpstudyError, match="fp16 needs a CUDA device"):  # what it was
+        hpstudy.run.Execution.resolve(RunConfig(precision="fp16", device="cpu"))
+    model = hpstudy.load_model(run)
+    reference = hpstudy.load_model(ema_run).state_dict()
+    assert all(v.dtype != torch.float16 for v in model.state_dict().values())
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+    export.export_run(run, tmp_path / "out", check=False, latency_runs=1)
+    assert (tmp_path / "out" / "model.onnx").is_file()
+    assert RunDir(run).read_config().precision == "fp16"
+
+
 def test_safetensors_round_trips_with_config_and_normalisation(
     ema_run: Path, exported: tuple[Path, dict]
 ) -> None:

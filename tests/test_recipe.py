@@ -211,6 +211,50 @@ def test_ema_equals_a_hand_computed_average_after_a_few_steps(synthetic_root: Pa
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
 
 
+def test_ema_equals_torchs_averaged_model_to_the_last_bit_and_shares_its_checkpoint(
+    synthetic_root: Path,
+) -> None:
+    """WeightEma reads no device counter per step, and computes what AveragedModel did
+    (runs trained before it resume through its state_dict, and give equal numbers)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    config = RunConfig(**TINY, epochs=1, ema_decay=0.7, lr=0.05)
+    trainer = Trainer.create(config)
+    averaged = AveragedModel(
+        trainer.model, multi_avg_fn=get_ema_multi_avg_fn(0.7), use_buffers=True
+    )
+    d = device_data(load_data(synthetic_root, False), config, trainer.ex.device)
+    step = trainer.optimizer.step
+
+    def step_and_average(*args, **kwargs):
+        out = step(*args, **kwargs)
+        averaged.update_parameters(trainer.model)  # where train_epoch updates its own
+        return out
+
+    trainer.optimizer.step = step_and_average  # type: ignore[method-assign]
+    trainer.train_epoch(d, 0, show=False)
+    ours, theirs = trainer.ema.state_dict(), averaged.state_dict()  # type: ignore[union-attr]
+    assert list(ours) == list(theirs) and int(ours["n_averaged"]) == 3
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "EMA differs from torch's"
+    assert any(ours[k].dtype == torch.long for k in ours if k != "n_averaged")  # BN counters
+    fresh = Trainer.create(config)
+    fresh.ema.load_state_dict(theirs)  # type: ignore[union-attr]
+    assert fresh.ema.updates == 3  # type: ignore[union-attr]
+    loaded = fresh.ema.state_dict()  # type: ignore[union-attr]
+    assert all(torch.equal(loaded[k], theirs[k]) for k in theirs)
+    with pytest.raises(RuntimeError):
+        fresh.ema.load_state_dict({**theirs, "other.weight": theirs["n_averaged"]})  # type: ignore[union-attr]
+
+
+def test_compile_asks_for_static_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dynamic=False: the partial last batch compiles a graph of its own once, rather than
+    recompiling the model for dynamic shapes (slower kernels for every full batch)."""
+    asked: list[dict] = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: asked.append(kw) or model)
+    trainer = Trainer.create(RunConfig(**TINY, compile=True))
+    assert asked == [{"dynamic": False}] and trainer.step_model is trainer.model
+
+
 class Stop(Exception):
     """Raised after an epoch's checkpoint, as a kill would stop the process."""
 

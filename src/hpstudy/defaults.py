@@ -1,7 +1,8 @@
 """The `auto` table: what each `auto` execution choice means on a device type, as measured.
 
 The table ships with the package (auto_defaults.json beside this file) and is written by
-`benchmarks/gpu_check.py`, never guessed here: each row says where it was measured, and
+`benchmarks/gpu_check.py` (or by hand from `benchmarks/device_check.sh`'s grid), never guessed
+here: each row says where it was measured, and
 a row measured nowhere says so. `$HPSTUDY_AUTO_DEFAULTS` points at another table (one
 that gpu_check.py wrote on your GPU) without editing the package.
 """
@@ -31,6 +32,9 @@ class AutoRow(BaseModel):
     compile: bool
     eval_batch_size: int = Field(ge=1, le=1 << 20)
     runs_per_device: int = Field(ge=1, le=64)
+    # cuDNN times its algorithms for each new input shape and keeps the fastest (CUDA only:
+    # a CPU has no cuDNN); off in tables written before the field existed
+    cudnn_benchmark: bool = False
     measured_on: str | None  # None: assumed by the design, not measured
     evidence: str = ""
 

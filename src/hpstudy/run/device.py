@@ -53,6 +53,7 @@ class Execution:
     channels_last: bool
     compile: bool
     eval_batch_size: int
+    cudnn_benchmark: bool = False  # the `auto` table's choice; only a CUDA device has cuDNN
 
     @classmethod
     def resolve(cls, config: RunConfig) -> Execution:
@@ -66,7 +67,8 @@ class Execution:
         channels_last = row.channels_last if config.channels_last is None else config.channels_last
         compile_model = row.compile if config.compile is None else config.compile
         eval_batch = config.eval_batch_size or row.eval_batch_size
-        return cls(device, precision, channels_last, compile_model, eval_batch)
+        benchmark = cuda and row.cudnn_benchmark
+        return cls(device, precision, channels_last, compile_model, eval_batch, benchmark)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -91,9 +93,12 @@ class Execution:
 def build_model(
     config: RunConfig, ex: Execution, shape: tuple[int, tuple[int, ...]] | None = None
 ) -> nn.Module:
-    """The config's model, seeded by the run's seed, on the device in its memory format.
+    """The config's model, seeded by the run's seed, on the device in its memory format
+    (cuDNN's algorithm search switched as the execution says: a process-wide setting).
     `shape`: (classes, image shape) of the data (default: the config's dataset's). The
     user's model is checked to give one logit per class before anything trains."""
+    if ex.device.type == "cuda":
+        torch.backends.cudnn.benchmark = ex.cudnn_benchmark
     classes, image_shape = data_shape(config) if shape is None else shape
     torch.manual_seed(config.seed)
     model = create_model(config.model, classes, config.width, **config.model_args)

@@ -20,7 +20,7 @@ from hpstudy import augment
 from hpstudy.config import RunConfig
 from hpstudy.constants import NUM_SUPERCLASSES
 from hpstudy.errors import HpstudyError
-from hpstudy.run.device import Execution, build_model
+from hpstudy.run.device import Execution, build_model, resolve_device
 from hpstudy.run.device_data import load_data, split_of
 from hpstudy.run.folder import Evaluation, RunDir, RunStatus
 
@@ -109,6 +109,15 @@ def selected_weights(ckpt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str
     return ckpt["model"], "raw"
 
 
+def on_this_device(config: RunConfig) -> RunConfig:
+    """The config to execute a trained run with: one trained in fp16 (CUDA only) is evaluated
+    and exported in fp32 where its device is not a GPU (autocast is how fast, not what the
+    weights are: they are float32 either way). The run's own config, and hash, are kept."""
+    if config.precision == "fp16" and resolve_device(config.device).type != "cuda":
+        return config.model_copy(update={"precision": "fp32"})
+    return config
+
+
 def load_trained(run_dir: str | Path, device: str | None = None) -> Trained:
     """A finished run's config and selected weights on `device` (default: the config's)."""
     run = RunDir(run_dir)
@@ -120,12 +129,15 @@ def load_trained(run_dir: str | Path, device: str | None = None) -> Trained:
     config = run.read_config()
     if device is not None:
         config = config.model_copy(update={"device": device})
-    ex = Execution.resolve(config)
+    ex = Execution.resolve(on_this_device(config))
     ckpt = run.load_checkpoint(ex.device)
     model = build_model(config, ex)
     try:
         state, weights = selected_weights(ckpt)
-        model.load_state_dict(state)
+        # fp32 on load: a run's weights are float32 under autocast, but a half-precision
+        # copy (or a checkpoint written otherwise) must not make a CPU model half
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()})
         mean = torch.tensor(ckpt["normalization"]["mean"], device=ex.device)
         std = torch.tensor(ckpt["normalization"]["std"], device=ex.device)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:

@@ -8,14 +8,16 @@ Randomness that matters for the data order (the epoch permutation, flips,
 crops, mixup, CutMix) comes from generators derived from (seed, epoch), so a run
 resumed at epoch e draws exactly what an uninterrupted run draws there.
 
-With `ema_decay`, an exponential moving average of the weights (torch's
-AveragedModel) follows every step; it is the run's selected model: its
+With `ema_decay`, an exponential moving average of the weights (WeightEma: torch's
+AveragedModel arithmetic without its per-step read of a device counter) follows every
+step; it is the run's selected model: its
 validation metrics fill the val_* columns, the raw weights' sit beside them
 (raw_val_*), and evaluation and export use it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -28,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from hpstudy import __version__, augment
 from hpstudy.config import RunConfig
@@ -114,17 +115,69 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
     )
 
 
-def make_ema(config: RunConfig, model: nn.Module) -> AveragedModel | None:
-    """The weights' exponential moving average, buffers (BN statistics) included; None if off.
+class WeightEma:
+    """The weights' exponential moving average, buffers (BN statistics) included: copied at
+    the first update, then decay·ema + (1 − decay)·weights after every step.
 
-    AveragedModel copies the weights at its first update, then keeps
-    decay·ema + (1 − decay)·weights after every step.
+    torch's AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True),
+    computed the same way (one torch._foreach_lerp_ over the floating-point tensors, the
+    same expression for the integer ones: BN's batch counters), so the numbers are equal to
+    the last bit; but the update count is a Python int, where AveragedModel keeps it in a
+    device tensor that it compares with 0 every step: a blocking device-to-host read per
+    step on a GPU. Its state_dict is AveragedModel's (`n_averaged`, `module.*`), so runs
+    checkpointed before resume, and export reads it unchanged.
     """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        self.updates = 0
+        # the tensors are updated in place for the whole run: paired once, not per step
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [*model.parameters(), *model.buffers()]
+        self.pairs = list(zip(mine, theirs, strict=True))
+        floating = [a.is_floating_point() or a.is_complex() for a, _ in self.pairs]
+        self.floats = [pair for pair, f in zip(self.pairs, floating, strict=True) if f]
+        self.others = [pair for pair, f in zip(self.pairs, floating, strict=True) if not f]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.updates == 0:
+            for mine, theirs in self.pairs:
+                mine.detach().copy_(theirs.detach())
+        else:
+            if self.floats:
+                torch._foreach_lerp_(
+                    [a.detach() for a, _ in self.floats],
+                    [b.detach() for _, b in self.floats],
+                    1 - self.decay,
+                )
+            for mine, theirs in self.others:
+                mine.copy_(mine * self.decay + theirs.detach() * (1 - self.decay))
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        device = next(iter(self.module.parameters())).device
+        return {
+            "n_averaged": torch.tensor(self.updates, dtype=torch.long, device=device),
+            **{f"module.{k}": v for k, v in self.module.state_dict().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        prefix = "module."
+        unknown = [k for k in state if k != "n_averaged" and not k.startswith(prefix)]
+        if unknown:
+            raise RuntimeError(f"unexpected EMA keys {unknown[:3]}")
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k != "n_averaged"}
+        self.module.load_state_dict(weights)
+        self.updates = int(state["n_averaged"])
+
+
+def make_ema(config: RunConfig, model: nn.Module) -> WeightEma | None:
+    """The weights' exponential moving average (WeightEma); None if off."""
     if config.ema_decay == 0:
         return None
-    return AveragedModel(
-        model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
-    )
+    return WeightEma(model, config.ema_decay)
 
 
 @dataclass
@@ -137,7 +190,7 @@ class Trainer:
     step_model: nn.Module  # the compiled model where compile is on, else `model`
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    ema: AveragedModel | None = None
+    ema: WeightEma | None = None
 
     @classmethod
     def create(
@@ -149,7 +202,9 @@ class Trainer:
         """`shape`: (classes, image shape) of the data (default: the config's dataset's)."""
         ex = ex or Execution.resolve(config)
         model = build_model(config, ex, shape)
-        step_model: nn.Module = torch.compile(model) if ex.compile else model  # type: ignore[assignment]
+        # static shapes: the partial last batch gets a graph of its own, once, instead of a
+        # recompile to dynamic shapes whose kernels are slower for every full batch
+        step_model: nn.Module = torch.compile(model, dynamic=False) if ex.compile else model  # type: ignore[assignment]
         optimizer = make_optimizer(config, model)
         scaler = torch.amp.GradScaler(ex.device.type) if ex.precision == "fp16" else None
         return cls(config, ex, model, step_model, optimizer, scaler, make_ema(config, model))
@@ -202,7 +257,7 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 if self.ema is not None:
-                    self.ema.update_parameters(self.model)
+                    self.ema.update()
                 loss_sum += loss.detach().double() * len(b.y)
                 seen += len(b.y)
                 advance(1, running_loss)
