@@ -34,8 +34,8 @@ import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20210301  # fixed: the same outcomes give the same intervals every time
-CONFIDENCE = 0.95
-ALPHA = 1 - CONFIDENCE  # a stage's (and each look's budget's) error rate, two-sided
+ALPHA = 0.05  # a stage's error rate (split among its comparisons and looks), two-sided
+CONFIDENCE = 1 - ALPHA
 # image resamples are drawn in blocks of at most this many indices (memory, not results)
 GATHER_BLOCK = 4_000_000
 # outcomes with at most this many distinct values are resampled as multinomial counts
