@@ -142,7 +142,9 @@ def test_the_final_configuration_rebuilds_the_run_from_toml_and_from_the_command
     words = shlex.split(train_command(shown, 1, "my run"))
     assert words[:2] == ["hpstudy", "train"] and words[-2:] == ["--out", "my run"]
     args = build_parser(words[1:]).parse_args(words[1:])
-    values = {k: getattr(args, k) for k in RunConfig.model_fields if getattr(args, k) is not None}
+    # the filled-in source fields (model_source, data_source) have no option
+    values = {k: getattr(args, k) for k in RunConfig.model_fields
+              if getattr(args, k, None) is not None}  # fmt: skip
     assert RunConfig(**values).for_device("cpu").run_hash() == config.run_hash()
 
 

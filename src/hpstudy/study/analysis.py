@@ -638,7 +638,10 @@ def changed_config(config: dict[str, Any]) -> dict[str, Any]:
     for name, spec in RunConfig.model_fields.items():
         if name == "seed" or name in EXECUTION_FIELDS or config.get(name) is None:
             continue
-        if name in FINAL_CONFIG_ALWAYS or config[name] != spec.default:
+        # a field built by a factory (model_args' {}) compares with what the factory makes
+        if name in FINAL_CONFIG_ALWAYS or config[name] != spec.get_default(
+            call_default_factory=True
+        ):
             shown[name] = config[name]
     return shown
 
