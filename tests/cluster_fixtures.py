@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,40 @@ def wait(pid: int, timeout: float = 600) -> int:
             os.waitpid(pid, 0)
             raise TimeoutError(f"forked child {pid} still running after {timeout} s")
         time.sleep(0.05)
+
+
+def signal_after_first_checkpoint(marker: Path, signum: int) -> Callable[..., Any]:
+    """`run_job`, but the first run to write a checkpoint sends itself `signum` right after
+    it (once ever: O_EXCL on `marker`, which records the run and its epoch). Sent by the
+    run to itself, it comes while the run is surely still running (no race with its last
+    epoch).
+
+    Defined inside a function so Ray and cloudpickle ship it by value (workers and jobs
+    cannot import this module); it imports what it needs itself for the same reason.
+    """
+
+    def task(job: Any, options: Any, device: str | None) -> Any:
+        import os
+
+        from hpstudy import executors
+        from hpstudy.run import RunDir
+
+        save = RunDir.save_checkpoint
+
+        def save_then_signal(self: RunDir, state: dict[str, Any]) -> None:
+            save(self, state)
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(fd, f"{job.run_dir.name} {state['epoch']}".encode())
+            os.close(fd)
+            os.kill(os.getpid(), signum)
+
+        RunDir.save_checkpoint = save_then_signal  # type: ignore[method-assign]
+        try:
+            return executors.run_job(job, options, device)
+        finally:
+            RunDir.save_checkpoint = save  # type: ignore[method-assign]
+
+    return task

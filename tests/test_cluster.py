@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from cluster_fixtures import plain_study, quick_slurm_polls
+from cluster_fixtures import plain_study, quick_slurm_polls, signal_after_first_checkpoint
 from test_ray import assert_same, outcome
 
 from hpstudy import cli
@@ -177,39 +178,8 @@ def test_a_worker_starts_in_the_drivers_folder_and_environment_as_they_are_now(
 def preempt_once(marker: Path) -> Callable[..., Any]:
     """`run_job`, but the first run to write a checkpoint (its epoch 1 of 2) is sent SIGUSR2,
     SLURM's preemption and time-limit warning, right after it: submitit's handler in the
-    job checkpoints it and the local cluster requeues it. Sent by the job to itself, it
-    comes while the run is surely still running (no race with its last epoch).
-
-    Defined inside a function so cloudpickle ships it by value (jobs cannot import this
-    module); it imports what it needs itself for the same reason.
-    """
-
-    def task(job: Any, options: Any, device: str | None) -> Any:
-        import os
-        import signal
-
-        from hpstudy import executors
-        from hpstudy.run import RunDir
-
-        save = RunDir.save_checkpoint
-
-        def save_then_preempt(self: RunDir, state: dict[str, Any]) -> None:
-            save(self, state)
-            try:  # O_EXCL: one run, once, ever (not again once requeued)
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return
-            os.write(fd, f"{job.run_dir.name} {state['epoch']}".encode())
-            os.close(fd)
-            os.kill(os.getpid(), signal.SIGUSR2)
-
-        RunDir.save_checkpoint = save_then_preempt  # type: ignore[method-assign]
-        try:
-            return executors.run_job(job, options, device)
-        finally:
-            RunDir.save_checkpoint = save  # type: ignore[method-assign]
-
-    return task
+    job checkpoints it and the local cluster requeues it (not signalled again then)."""
+    return signal_after_first_checkpoint(marker, signal.SIGUSR2)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from cluster_fixtures import plain_study
+from cluster_fixtures import plain_study, signal_after_first_checkpoint
 
 from hpstudy import cli
 from hpstudy.errors import HpstudyError
@@ -166,38 +167,8 @@ def shared_ray(one_ray: Any) -> Any:
 
 
 def kill_once(marker: Path) -> Task:
-    """A task that SIGKILLs its worker right after the first checkpoint any run writes.
-
-    Defined inside a function so Ray pickles it by value (workers cannot import this
-    module); it imports what it needs itself for the same reason.
-    """
-
-    def task(job: Job, options: DataOptions, device: str | None) -> Summary:
-        import os
-        import signal
-
-        from hpstudy import executors
-        from hpstudy.run import RunDir
-
-        save = RunDir.save_checkpoint
-
-        def save_then_die(self: RunDir, state: dict[str, Any]) -> None:
-            save(self, state)
-            try:  # O_EXCL: only one worker, once, ever dies
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return
-            os.write(fd, f"{job.run_dir.name} {state['epoch']}".encode())
-            os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        RunDir.save_checkpoint = save_then_die  # type: ignore[method-assign]
-        try:
-            return executors.run_job(job, options, device)
-        finally:
-            RunDir.save_checkpoint = save  # type: ignore[method-assign]
-
-    return task
+    """A task that SIGKILLs its worker right after the first checkpoint any run writes."""
+    return signal_after_first_checkpoint(marker, signal.SIGKILL)
 
 
 def die_at_once() -> Task:
