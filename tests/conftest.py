@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,21 @@ from cifar_archive import write_cifar100
 # the shared/ folder sits beside the repository (CI keeps a copy beside the clone)
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNREACHABLE_URL = "http://127.0.0.1:9/cifar-100-python.tar.gz"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (pyproject's addopts: 2 workers), each worker computes on its share
+    of the cores, as hpstudy's own workers do (cores ÷ workers), and so do the processes its
+    tests start: two workers each running OpenMP on every core spin against each other, and
+    a training test then takes five times as long. A thread count set by the caller stays."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return
+    share = max(1, (os.cpu_count() or 1) // int(workers))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ held by another process, what a real pipe receives, or the README's command end 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,12 +28,15 @@ BLANK_PNG = bytes.fromhex(
 
 # scripts for `python -c`: `hpstudy ARGV` in a process of its own that leaves out the steps
 # conftest leaves out in-process (the final model's export; with NO_FIGURES, rendering the
-# report's figures: they become blank PNGs); the rest, from the command line to the last
-# line on stderr, is the real command
+# report's figures: they become blank PNGs) and reads the load as conftest does (a speed read
+# while the suite keeps the machine busy is kept in the tests' cache, not measured again by
+# every study); the rest, from the command line to the last line on stderr, is the real
+# command
 NO_EXPORT = """
 import sys
 import hpstudy.study.runner
 hpstudy.study.remote.export_final = lambda *args: None
+hpstudy.study.cost.load_average = lambda: 0.0
 """
 NO_FIGURES = f"""
 from pathlib import Path
@@ -109,3 +113,11 @@ def isolated_env(speed_cache: Path) -> dict[str, str]:
     """The environment conftest's autouse `_offline` gives a test (the tests' own speed
     cache, no download), for a fixture that runs or starts a study before it applies."""
     return {"HPSTUDY_CIFAR100_URL": UNREACHABLE_URL, "HPSTUDY_CACHE": str(speed_cache)}
+
+
+def stage_finals(out: Path) -> list[tuple[str, list[object]]]:
+    state = json.loads((out / "state.json").read_text())
+    return [
+        (s["settings"][s["winner"]]["label"], [(x["label"], x["final"]) for x in s["settings"]])
+        for s in state["stages"]
+    ]

@@ -55,6 +55,30 @@ name = "lr"
 kind = "grid"
 grid = { lr = [0.05, 0.5] }
 epochs = 2
+
+# a stage of every other kind, one run each on fewer images (the values stage's one setting
+# is stage 1's winner again: reused, not trained): a study mixing them finishes here too
+[[stages]]
+name = "wd"
+field = "weight_decay"
+values = [0.0]
+epochs = 2
+
+[[stages]]
+name = "random"
+kind = "random"
+epochs = 1
+n = 1
+overrides = { limit_train = 128 }
+space.momentum = { uniform = [0.8, 0.9] }
+
+[[stages]]
+name = "tpe"
+kind = "optuna"
+epochs = 1
+n_trials = 1
+overrides = { limit_train = 128 }
+space.label_smoothing = { uniform = [0.0, 0.1] }
 """
 WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)  # what each of two CPU workers gets
 
@@ -133,7 +157,9 @@ def test_two_cpu_workers_train_at_once_and_match_the_sequential_run(
     if not torch.cuda.is_available():
         assert "--devices starts 2 CPU worker processes" in capsys.readouterr().err
     assert_same(sequential, outcome(out))
-    (a_start, a_end), (b_start, b_end) = (run_interval(p) for p in (out / "runs").iterdir())
+    first = json.loads((out / "state.json").read_text())["stages"][0]  # its two runs
+    dirs = [out / r["run_dir"] for setting in first["settings"] for r in setting["runs"]]
+    (a_start, a_end), (b_start, b_end) = (run_interval(p) for p in dirs)
     assert a_start < b_end and b_start < a_end, "the two runs did not overlap"
 
 
@@ -202,9 +228,9 @@ def slurm_study(
             slurm_executor, "SlurmRun",
             lambda cpus_per_job: slurm_executor.SlurmCall(preempt_once(marker), cpus_per_job),
         )  # fmt: skip
-        run_study(
+        run_study(  # no export: the closing job is a process where no test patch reaches
             study_file, out=out, root=str(synthetic_root), verify=False, executor="slurm",
-            slurm=slurm,
+            slurm=slurm, export=False,
         )  # fmt: skip
     return out
 
@@ -214,18 +240,19 @@ def test_slurm_through_submitits_local_cluster_matches_the_local_executor(
 ) -> None:
     assert_same(reference(1), outcome(slurm_study))
     logs = list((slurm_study / "slurm").glob("*_log.err"))
-    # the opening (data summary, speed), two runs, the stage's per-image comparison, the
-    # closing (test, its outcomes, export, environment): five jobs, the preempted run's
-    # requeued under its own id (one log, not two)
-    assert len(logs) == 5
+    # the opening (data summary, speed); the grid's two runs, the random and optuna stages'
+    # one each (the values stage's is reused); each stage's per-image comparison; the
+    # closing (test, its outcomes, environment): ten jobs, the preempted run's requeued
+    # under its own id (one log, not two)
+    assert len(logs) == 1 + 4 + 4 + 1
     state = json.loads((slurm_study / "state.json").read_text())
-    assert [s["kind"] for s in state["stages"]] == ["grid"]
+    assert [s["kind"] for s in state["stages"]] == ["grid", "values", "random", "optuna"]
     status = status_text(slurm_study)
     assert "cluster-tiny (full): finished" in status and "lr=0.05" in status
-    # what the driver counts after each stage: study.json read back with the grid kind
+    # what the driver counts after each stage: study.json read back with every stage's kind
     folder = StudyFolder(slurm_study)
     progress = folder_progress(folder, folder.read_state())
-    assert (progress.runs_done, progress.runs) == (2, 2)
+    assert (progress.runs_done, progress.runs) == (4, 4)
 
 
 def test_slurm_pulls_jobs_as_slots_free_and_records_a_failed_job(tmp_path: Path) -> None:

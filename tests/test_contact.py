@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_line_error, run_hpstudy
+from cli_helpers import assert_one_line_error
 from study_fixtures import cli, run_lean
 
 import hpstudy
@@ -128,7 +128,7 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     cache = tmp_path / "speed.json"
     entries = json.loads(cache.read_text())
     assert entries.pop("schema_version") == 1
-    (key, entry), = entries.items()
+    ((key, entry),) = entries.items()
     assert "width 0.125" in key and "batch 16" in key
     assert {"load", "spread", "measured_at", "hpstudy"} <= entry.keys()
     assert cached_speed(entry) is not None and not cached_speed(entry).measured_now
@@ -199,8 +199,9 @@ def test_study_run_off_a_terminal_prints_plain_labelled_lines(
     status = status_text(out)
     winners = [line for line in status.splitlines() if line.rstrip().endswith("*")]
     assert len(winners) == 2 and "(n=" not in status and "time left" not in status
-    # a watch of a finished study shows it once and returns, plain off a terminal
-    watched = run_hpstudy("study", "status", str(out), "--watch", "0.1", timeout=60)
+    # a watch of a finished study shows it once and returns, plain off a terminal (capsys's
+    # stdout is not one either)
+    watched = cli(capsys, "study", "status", str(out), "--watch", "0.1")
     assert watched.returncode == 0 and watched.stdout.strip() == status.strip()
     assert "\x1b" not in watched.stdout
 

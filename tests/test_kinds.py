@@ -7,12 +7,18 @@ StudyConfig and an Executor object, and returns a typed result."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import time
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
 from pydantic import Field, field_validator, model_validator
+from study_fixtures import as_in_a_test, lean_command, stage_finals
 
 import hpstudy
 import hpstudy.study.kinds as kinds_module
@@ -204,19 +210,19 @@ space.momentum = { uniform = [0.8, 0.9] }
 """
 
 
-def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
-    tmp_path: Path,
-    synthetic_root: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Worker processes train outside the driver, so after every stage the driver counts
-    their progress from study.json: the kinds must come back as written (this once failed
-    with "Input should be 'values'" after the first grid stage)."""
+MIXED_ARGS = ["--no-verify", "--runs-per-device", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def mixed(
+    synthetic_root: Path, speed_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, list[str]]:
+    """MIXED on two CPU workers, in this process, `study status` taken before every round of
+    runs: the study file, the finished folder and what status said each time."""
     pytest.importorskip("optuna")
-    path = tmp_path / "mixed.toml"
+    path = tmp_path_factory.mktemp("mixed") / "mixed.toml"
     path.write_text(MIXED)
-    out = tmp_path / "out"
+    out = path.parent / "out"
     seen: list[str] = []
     run = LocalExecutor.run
 
@@ -224,11 +230,22 @@ def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
         seen.append(status_text(out))  # `study status` while the study runs
         run(self, jobs)
 
-    monkeypatch.setattr(LocalExecutor, "run", look_then_run)
-    argv = ["study", "run", str(path), "--out", str(out), "--root", str(synthetic_root),
-            "--no-verify", "--runs-per-device", "2", "--device", "cpu"]  # fmt: skip
-    assert cli.main(argv) == 0
-    capsys.readouterr()
+    with as_in_a_test(speed_cache), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LocalExecutor, "run", look_then_run)
+        argv = ["study", "run", str(path), "--out", str(out), "--root", str(synthetic_root)]
+        assert cli.main([*argv, *MIXED_ARGS]) == 0
+    return path, out, seen
+
+
+def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
+    mixed: tuple[Path, Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Worker processes train outside the driver, so after every stage the driver counts
+    their progress from study.json: the kinds must come back as written (this once failed
+    with "Input should be 'values'" after the first grid stage)."""
+    _, finished, seen = mixed
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)  # this test rewrites its files below
     state = json.loads((out / "state.json").read_text())
     assert state["status"] == "finished"
     assert [s["kind"] for s in state["stages"]] == ["values", "grid", "random", "optuna"]
@@ -256,6 +273,67 @@ def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
     (out / "study.json").write_text("{")
     text = status_text(out)
     assert "trial 0" in text and "done: not known (" in text and "study.json" in text
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+# the killed driver's fork server also preloads tests/pausing_workers.py: each worker pauses
+# after its first step and says so, and then the driver is killed
+PAUSING_WORKERS = """
+import hpstudy.executors.local as local
+local.WORKER_PRELOAD = [*local.WORKER_PRELOAD, "pausing_workers"]
+"""
+
+
+def test_a_mixed_study_on_two_workers_killed_mid_stage_leaves_no_orphan_and_resumes_the_same(
+    mixed: tuple[Path, Path, list[str]],
+    synthetic_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGKILL reaches the driver alone; its worker processes (children of its fork server)
+    must stop too, or the rerun would resume runs that they still write."""
+    path, finished, _ = mixed
+    out, paused = tmp_path / "killed", tmp_path / "paused"
+    paused.mkdir()
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "HPSTUDY_TEST_PAUSED": str(paused),
+           "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    argv = ["study", "run", str(path), "--out", str(out), "--root", str(synthetic_root)]
+    proc = subprocess.Popen(lean_command(*argv, *MIXED_ARGS, prelude=PAUSING_WORKERS), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300  # a hang guard, not a measurement
+    while len(list(paused.iterdir())) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    workers = [int(p.name) for p in paused.iterdir()]
+    assert len(workers) == 2, "the two workers never reached their first step"
+    assert proc.returncode == -signal.SIGKILL and not (out / "report.md").exists()
+    deadline = time.monotonic() + 30  # a paused worker left alone would sleep for 600 s
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if alive(w)], "workers outlived their killed driver"
+    # the rerun resumes what the killed one left, on two workers again
+    assert cli.main([*argv, *MIXED_ARGS]) == 0
+    capsys.readouterr()
+    assert stage_finals(out) == stage_finals(finished)
+    for run in (finished / "runs").iterdir():
+        rows = (out / "runs" / run.name / "metrics.csv").read_text().splitlines()
+        assert len(rows) == len((run / "metrics.csv").read_text().splitlines()), run.name
 
 
 # ---------------------------------------------------------------- study.json keeps the study

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error
-from study_fixtures import as_in_a_test, cli
+from study_fixtures import as_in_a_test, cli, stage_finals
 
 from hpstudy.config import make_run_config
 from hpstudy.data import load_user_dataset
@@ -26,7 +26,7 @@ from hpstudy.study.remote import export_final as EXPORT_FINAL  # the real one, b
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # the user's model module: a builder, and the ways a builder can be wrong
-MODULE = '''
+MODULE = """
 import torch
 from torch import nn
 
@@ -63,7 +63,7 @@ def load_tiny():
 
 
 NOT_CALLABLE = 3
-'''
+"""
 ENTRY_POINTS = """[hpstudy.models]
 tinynet = ownnets:build
 [hpstudy.datasets]
@@ -457,7 +457,10 @@ def test_sigkill_during_a_study_of_your_own_then_rerun_gives_same_results(
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "report.md").exists()
+    # the rerun needs no process of its own: what it resumes is on disk
     assert cli(capsys, *args, "--out", str(killed)).returncode == 0
+    assert stage_finals(killed) == stage_finals(whole)
     tables = sorted(p.name for p in (whole / "tables").glob("stage*.csv"))
     assert tables
     for name in tables:

@@ -211,7 +211,9 @@ def test_killed_worker_is_retried_and_the_run_resumes_from_its_checkpoint(
     shutdowns: list[bool] = []  # whether the study was done (reported) at each
     monkeypatch.setattr(one_ray, "init", functools.partial(one_ray.init, num_cpus=1))
     monkeypatch.setattr(one_ray, "shutdown", lambda: shutdowns.append((out / "report.md").exists()))
-    run_study(study_file, out=out, root=str(synthetic_root), verify=False, executor="ray")
+    run_study(  # no export: its task would run in a Ray worker, where no test patch reaches
+        study_file, out=out, root=str(synthetic_root), verify=False, executor="ray", export=False
+    )
 
     killed_run, epoch = marker.read_text().split()
     assert epoch == "1"  # killed after epoch 1 of 2, so the retry resumed mid-run
@@ -246,7 +248,11 @@ def test_ray_study_through_the_cli_matches_the_local_executor(
     monkeypatch.setattr("hpstudy.study.remote.evaluate", driver_must_not)
     out = tmp_path / "study"
     argv = ["study", "run", str(study_file), "--out", str(out), "--executor", "ray"]
-    assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify"]) == 0
+    # --no-export: the closing task (in a Ray worker, where no test patch reaches) exports
+    # nothing, and the study says so before it closes
+    assert cli.main([*argv, "--root", str(synthetic_root), "--no-verify", "--no-export"]) == 0
+    assert "; no export (--no-export)" in capsys.readouterr().err
+    assert not list(out.glob("runs/*/export.json")) and not list(out.glob("runs/*/model.onnx"))
     assert_same(outcome(out), local_outcome)
     assert len(list((out / "runs").iterdir())) == 6  # 7 settings, one reused
     assert shared_ray.is_initialized()  # a Ray it did not start is left running

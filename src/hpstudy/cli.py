@@ -261,6 +261,13 @@ def build_study(p: argparse.ArgumentParser) -> None:
         "$HPSTUDY_CACHE/speed.json, else ~/.cache/hpstudy/speed.json",
     )
     q.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="leave out the final model's export at the end (model.onnx, model.safetensors, "
+        "their check and latency timings); `hpstudy export RUN_DIR` makes it later",
+    )
+    q.add_argument(
         "--until-decided",
         type=int,
         default=None,
@@ -621,6 +628,7 @@ def cmd_study(args: argparse.Namespace) -> None:
             follow=args.follow,
             split_follows_seed=args.split_follows_seed,
             remeasure=args.remeasure,
+            export=args.export,
         )
     finally:  # an executor given to run_study is the giver's to close (a local Ray)
         executor.close()

@@ -4,7 +4,9 @@ workers that share the cores).
 
 Each job gets its own worker process, so a process that dies (killed, out of
 memory) fails its own run and no other: the others go on, and the next
-`study run` retries it from its checkpoint.
+`study run` retries it from its checkpoint. A worker whose driver is gone (a
+`study run` killed with SIGKILL, which no handler sees) stops within a second, so
+that the next `study run` never resumes a run that an orphan still writes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import wait
 from typing import Any, TypeVar
@@ -32,7 +36,10 @@ def worker_main(
     threads: int,
     log_level: int | None = None,
     place: tuple[str, dict[str, str]] | None = None,
+    driver: int | None = None,
 ) -> None:
+    if driver is not None:
+        stop_when_orphaned(driver)
     if place is not None:  # a fork server's child starts where the server started: move
         os.chdir(place[0])  # to the driver's folder and environment as they are now
         os.environ.clear()
@@ -43,6 +50,39 @@ def worker_main(
 
         torch.set_num_threads(threads)  # CPU workers share the cores instead of fighting
     run_job(job, options, device=device)
+
+
+def stop_when_orphaned(driver: int, every: float = 0.2) -> None:
+    """End this process once the `driver` process is gone. Its parent cannot tell: a fork
+    server lives on while any of its children does. Ending here is as safe as the SIGKILL
+    that ended the driver (every file a run writes is replaced atomically)."""
+
+    def watch() -> None:
+        while running(driver):
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hpstudy-orphan-watch", daemon=True).start()
+
+
+PROC = os.path.exists("/proc/self/stat")
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    if PROC:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: there is one
+        return True
+    return True
 
 
 class LocalExecutor(ExecutorBase):
@@ -116,7 +156,7 @@ class LocalExecutor(ExecutorBase):
                 while free and (job := next(pending, None)) is not None:
                     device = free.pop(0)
                     place = (os.getcwd(), dict(os.environ))
-                    args = (job, self.options, device, threads, level, place)
+                    args = (job, self.options, device, threads, level, place, os.getpid())
                     process = ctx.Process(target=worker_main, args=args, daemon=True)
                     process.start()
                     running[process.sentinel] = (process, job, device)

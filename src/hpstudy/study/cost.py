@@ -73,6 +73,7 @@ class StudyCost:
     test_images: int = 0  # the test split, evaluated once per seed of the final setting
     test_seconds: float | None = None  # predicted: the final test evaluation
     export_seconds: float | None = None  # predicted: export, its check and timings (None: none)
+    no_export: str = "the export extra is not installed"  # why there is none, where none
 
     @property
     def train_seconds(self) -> float | None:
@@ -92,7 +93,7 @@ class StudyCost:
                 f"{duration(self.export_seconds)} (at least: batch-1 timings run slower)"
             )
         elif self.test_seconds is not None:
-            words += "; no export (the export extra is not installed)"
+            words += f"; no export ({self.no_export})"
         return words
 
 

@@ -65,10 +65,13 @@ def opening(
     return summary, measure_speed(config, device, remeasure)
 
 
-def closing(final_dirs: list[str], options: DataOptions, device: str | None) -> dict[str, Any]:
+def closing(
+    final_dirs: list[str], options: DataOptions, export: bool, device: str | None
+) -> dict[str, Any]:
     """At the end: each final run's test scores (evaluated here where the run has not met
     test yet; else the first evaluation its ledger keeps, so test is read once), their
-    right/wrong per test image, the first run exported, and the environment."""
+    right/wrong per test image, the first run exported (with `export`), and the
+    environment."""
     tests = []
     # each step its own bar where someone watches: the test evaluations, the export, the
     # per-image outcomes (minutes on a CPU, after the last epoch's display has closed)
@@ -79,9 +82,10 @@ def closing(final_dirs: list[str], options: DataOptions, device: str | None) -> 
             tests.append(ledger[0].model_dump() if ledger
                          else test_evaluation(path, options, device))  # fmt: skip
             advance(1)
-    with bar("final: export (files, check, latency timings)", 1) as advance:
-        export_final(final_dirs[0], options, device)
-        advance(1)
+    if export:
+        with bar("final: export (files, check, latency timings)", 1) as advance:
+            export_final(final_dirs[0], options, device)
+            advance(1)
     with bar("final: per-image test outcomes", 1) as advance:
         outcomes = test_outcomes(final_dirs, options, device)
         advance(1)

@@ -169,6 +169,7 @@ def run(
     verify: bool | None = None,
     device: str | None = None,
     remeasure: bool = False,
+    export: bool = True,
     **executor_options: Any,
 ) -> StudyResult:
     """Run (or resume) a study; returns its result. Writes the report at the end.
@@ -178,7 +179,8 @@ def run(
     many, before the next starts; `follow="published"` starts each stage from the
     published winners before it; `split_follows_seed` draws each run's split from its
     seed (part of the identity); `remeasure` times the model anew instead of trusting the
-    speed cache. `device` and `executor_options` configure an executor
+    speed cache; `export=False` leaves out the final model's export (`hpstudy export
+    RUN_DIR` makes it later). `device` and `executor_options` configure an executor
     given by name (local: devices, runs_per_device; ray: address; slurm: slurm=
     SlurmOptions(...) or slurm_time=..., as its command-line options' dests); the study
     opens it on its folder (`Executor.open`, where it has one) and closes it at the end."""
@@ -218,7 +220,7 @@ def run(
         if callable(opened := getattr(runner, "open", None)):
             opened(folder.path)  # where it keeps files of its own (slurm: its job logs)
         session = StudySession(
-            config, budget, folder, runner, options, follow, until_decided, remeasure
+            config, budget, folder, runner, options, follow, until_decided, remeasure, export
         )
         state = session.run(record, write_report)
     finally:

@@ -13,6 +13,7 @@ judged, written and, without a usable run, stops the study, in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -66,8 +67,8 @@ logger = logging.getLogger(__name__)
 class StudySession:
     """`study` at `budget` in `folder`, its runs handed to `executor`, the data read as
     `data` says; `follow` whose winners each stage starts from, `until_decided` how many
-    seeds an undecided fixed stage may grow to, `remeasure` whether to time the model anew.
-    `run()` does the whole study."""
+    seeds an undecided fixed stage may grow to, `remeasure` whether to time the model anew,
+    `export` whether the final model is exported at the end. `run()` does the whole study."""
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class StudySession:
         follow: Follow = "own",
         until_decided: int | None = None,
         remeasure: bool = False,
+        export: bool = True,
     ) -> None:
         self.study = study
         self.budget = budget
@@ -88,6 +90,7 @@ class StudySession:
         self.follow: Follow = follow
         self.until_decided = until_decided
         self.remeasure = remeasure  # time the model again, whatever the speed cache holds
+        self.export = export  # the final model exported by the closing call
         self.plan = Plan(study, budget, executor.device_type())
         self.plan.validate()
         self.winners: dict[str, Any] = {}  # the fields carried forward by the stages so far
@@ -156,12 +159,14 @@ class StudySession:
         sizes = (summary["train_size"], summary["val_size"], summary["test_size"])
         # a resumed study: the trials and winners its stages have, not the plan's stand-ins
         tried, chosen = resumed_plan(self.folder)
-        export = can_export()
+        export = self.export and can_export()
         cost = study_cost(
             self.plan, *sizes, speed, epochs_done=lambda config: epochs_in(self.folder, config),
             tried=tried, chosen=chosen, stopped=pruned_first_seed(self.folder, self.plan),
             export=export,
         )  # fmt: skip
+        if not self.export:
+            cost = dataclasses.replace(cost, no_export="--no-export")
         cheaper = budget_costs(self.plan, *sizes, speed, export)
         for line in cost_block(self.study.name, cost, cheaper, speed):
             logger.info(line)
@@ -337,7 +342,7 @@ class StudySession:
         # the steps after the last epoch take minutes on a CPU: said, not silent
         if self.cost is not None:
             logger.info(f"final: {self.cost.closing_words()}")
-        closed = self.executor.call(remote.closing, paths, options)
+        closed = self.executor.call(remote.closing, paths, options, self.export)
         touches = folder.record_test_touches(self.study.seeds)
         runs = []
         for entry, test in zip(entries, closed["tests"], strict=True):
