@@ -20,6 +20,27 @@ from typing import Any
 
 import pytest
 
+# a random and an optuna stage, one run each on fewer images, for the executor tests' studies
+# to end on: a study mixing every kind finishes on an executor whose runs train outside the
+# driver (which counts their progress from study.json after every stage, with each kind)
+SEARCH_STAGES = """
+[[stages]]
+name = "random"
+kind = "random"
+epochs = 1
+n = 1
+overrides = { limit_train = 128 }
+space.momentum = { uniform = [0.8, 0.9] }
+
+[[stages]]
+name = "tpe"
+kind = "optuna"
+epochs = 1
+n_trials = 1
+overrides = { limit_train = 128 }
+space.label_smoothing = { uniform = [0.0, 0.1] }
+"""
+
 UNREACHABLE_URL = "http://127.0.0.1:9/cifar-100-python.tar.gz"  # as conftest's
 # a valid 1x1 PNG, as conftest writes it
 BLANK_PNG = bytes.fromhex(

@@ -24,7 +24,12 @@ from typing import Any
 
 import pytest
 import torch
-from cluster_fixtures import plain_study, quick_slurm_polls, signal_after_first_checkpoint
+from cluster_fixtures import (
+    SEARCH_STAGES,
+    plain_study,
+    quick_slurm_polls,
+    signal_after_first_checkpoint,
+)
 from test_ray import assert_same, outcome
 
 from hpstudy import cli
@@ -37,7 +42,8 @@ from hpstudy.run import Execution, RunDir
 from hpstudy.study import StudyFolder, run_study, status_text
 from hpstudy.study.status import folder_progress
 
-STUDY = """
+STUDY = (
+    """
 name = "cluster-tiny"
 seeds = [0]
 
@@ -63,23 +69,9 @@ name = "wd"
 field = "weight_decay"
 values = [0.0]
 epochs = 2
-
-[[stages]]
-name = "random"
-kind = "random"
-epochs = 1
-n = 1
-overrides = { limit_train = 128 }
-space.momentum = { uniform = [0.8, 0.9] }
-
-[[stages]]
-name = "tpe"
-kind = "optuna"
-epochs = 1
-n_trials = 1
-overrides = { limit_train = 128 }
-space.label_smoothing = { uniform = [0.0, 0.1] }
 """
+    + SEARCH_STAGES
+)
 WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)  # what each of two CPU workers gets
 
 

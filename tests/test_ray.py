@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from cluster_fixtures import plain_study, signal_after_first_checkpoint
+from cluster_fixtures import SEARCH_STAGES, plain_study, signal_after_first_checkpoint
 
 from hpstudy import cli
 from hpstudy.errors import HpstudyError
@@ -31,7 +31,8 @@ from hpstudy.run import Summary
 from hpstudy.study import Plan, StudyFolder, load_study, run_study
 from hpstudy.study.status import folder_progress
 
-STUDY = """
+STUDY = (
+    """
 name = "ray-tiny"
 seeds = [0]
 
@@ -62,23 +63,9 @@ kind = "grid"
 epochs = 1
 overrides = { limit_train = 128 }
 grid = { label_smoothing = [0.05], mixup_alpha = [0.0] }
-
-[[stages]]
-name = "random"
-kind = "random"
-epochs = 1
-n = 1
-overrides = { limit_train = 128 }
-space.momentum = { uniform = [0.8, 0.9] }
-
-[[stages]]
-name = "tpe"
-kind = "optuna"
-epochs = 1
-n_trials = 1
-overrides = { limit_train = 128 }
-space.label_smoothing = { uniform = [0.0, 0.1] }
 """
+    + SEARCH_STAGES
+)
 
 
 def outcome(out: Path) -> dict[str, Any]:
