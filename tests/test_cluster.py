@@ -141,7 +141,8 @@ def test_two_cpu_workers_train_at_once_and_match_the_sequential_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "study"
-    argv = ["study", "run", str(study_file), "--out", str(out), "--devices", "0,0"]
+    # --no-export: the closing call runs in a worker, where no test patch reaches
+    argv = ["study", "run", str(study_file), "--out", str(out), "--devices", "0,0", "--no-export"]
     # the driver's own evaluations (the final test's) on a worker's threads too, as the
     # reference's were
     with torch_threads(WORKER_THREADS):
@@ -153,6 +154,24 @@ def test_two_cpu_workers_train_at_once_and_match_the_sequential_run(
     dirs = [out / r["run_dir"] for setting in first["settings"] for r in setting["runs"]]
     (a_start, a_end), (b_start, b_end) = (run_interval(p) for p in dirs)
     assert a_start < b_end and b_start < a_end, "the two runs did not overlap"
+
+
+def where(device: str) -> tuple[int, str, int]:
+    return os.getpid(), device, torch.get_num_threads()
+
+
+def refuse(device: str) -> None:
+    raise HpstudyError(f"no data on {device}")
+
+
+def test_a_call_with_workers_runs_in_a_worker_on_its_share_and_its_error_is_one_line() -> None:
+    """The opening (speed), the per-image outcomes and the closing (test) run where the runs
+    do, so that a driver with workers never holds a device."""
+    executor = LocalExecutor(DataOptions(root=None, verify=False), workers=["cpu", "cpu"])
+    pid, device, threads = executor.call(where)
+    assert pid != os.getpid() and device == "cpu" and threads == WORKER_THREADS
+    with pytest.raises(HpstudyError, match=r"^no data on cpu$"):
+        executor.call(refuse)
 
 
 def test_the_local_executor_pulls_a_job_only_when_a_worker_is_free(tmp_path: Path) -> None:

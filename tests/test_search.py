@@ -512,7 +512,7 @@ def test_trials_run_on_two_local_workers_at_once(
     pool = LocalExecutor(DataOptions(str(synthetic_root), False), workers=["cpu", "cpu"])
     out = tmp_path / "out"
     state = run_study(study, out=out, budget="smoke", root=str(synthetic_root), verify=False,
-                      executor=pool)  # fmt: skip
+                      executor=pool, export=False)  # fmt: skip (closing in a worker: no export)
     assert state.status == "finished"
     journal = next((out / "optuna").glob("*.journal"))
     trials = optuna.load_study(study_name=None, storage=search.open_storage(journal)).trials

@@ -38,6 +38,42 @@ def worker_main(
     place: tuple[str, dict[str, str]] | None = None,
     driver: int | None = None,
 ) -> None:
+    enter_worker(device, threads, log_level, place, driver)
+    run_job(job, options, device=device)
+
+
+def call_main(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    device: str,
+    threads: int,
+    log_level: int | None,
+    place: tuple[str, dict[str, str]] | None,
+    driver: int | None,
+    reply: Any,
+) -> None:
+    """`fn(*args, device)` in a worker process; its result, or its one-line error, sent back
+    on `reply` (an internal error as its type and message)."""
+    enter_worker(device, threads, log_level, place, driver)
+    try:
+        answer: tuple[str, Any] = ("ok", fn(*args, device))
+    except HpstudyError as err:
+        answer = ("error", str(err))
+    except Exception as err:  # a bug: the driver raises it as one, with what it was
+        answer = ("internal", f"{type(err).__name__}: {err}")
+    reply.send(answer)
+    reply.close()
+
+
+def enter_worker(
+    device: str,
+    threads: int,
+    log_level: int | None,
+    place: tuple[str, dict[str, str]] | None,
+    driver: int | None,
+) -> None:
+    """What every worker process does first: stop with its driver, move to the driver's
+    folder and environment, log plain lines, and take its share of the cores."""
     if driver is not None:
         stop_when_orphaned(driver)
     if place is not None:  # a fork server's child starts where the server started: move
@@ -45,11 +81,13 @@ def worker_main(
         os.environ.clear()
         os.environ.update(place[1])
     log_in_worker(log_level)  # workers share the terminal: plain lines, no live display
-    if device == "cpu" or device.startswith("cpu"):
-        import torch
+    # workers share the cores instead of fighting over them: for their kernels on a CPU,
+    # and on a GPU for the host side and for Inductor's compiler processes, which torch
+    # otherwise starts one per core in every worker
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(threads))
+    import torch
 
-        torch.set_num_threads(threads)  # CPU workers share the cores instead of fighting
-    run_job(job, options, device=device)
+    torch.set_num_threads(threads)
 
 
 def stop_when_orphaned(driver: int, every: float = 0.2) -> None:
@@ -135,8 +173,42 @@ class LocalExecutor(ExecutorBase):
 
         return resolve_device(self.workers[0] if self.workers else self.device or "auto").type
 
+    def threads(self) -> int:
+        """Each worker's share of the cores (its intra-op and Inductor compile threads)."""
+        return max(1, (os.cpu_count() or 1) // max(1, len(self.workers or [])))
+
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return fn(*args, self.workers[0] if self.workers else self.device)
+        """`fn(*args, DEVICE)`: here without workers; with them, in a worker process of the
+        first worker's device, as the runs are, so that the driver never holds a device
+        (the speed measurement, the per-image outcomes and the test evaluation run there)."""
+        if not self.workers:
+            return fn(*args, self.device)
+        device = self.workers[0]
+        ctx = worker_context()
+        receive, reply = ctx.Pipe(duplex=False)
+        place = (os.getcwd(), dict(os.environ))
+        work = (fn, args, device, self.threads(), worker_log_level(), place, os.getpid(), reply)
+        process = ctx.Process(target=call_main, args=work, daemon=True)
+        process.start()
+        reply.close()  # the child's end: its exit is then an EOF here
+        try:
+            kind, value = receive.recv()
+        except EOFError:
+            process.join()
+            raise HpstudyError(
+                f"a worker process died (exit code {process.exitcode}) in {fn.__name__}"
+            ) from None
+        except BaseException:  # interrupted: the worker goes too
+            process.terminate()
+            raise
+        finally:
+            receive.close()
+        process.join()
+        if kind == "error":
+            raise HpstudyError(value)
+        if kind == "internal":
+            raise RuntimeError(f"{fn.__name__} in a worker process: {value}")
+        return value  # type: ignore[no-any-return]
 
     def run(self, jobs: Iterable[Job]) -> None:
         if not self.workers:
@@ -144,8 +216,7 @@ class LocalExecutor(ExecutorBase):
                 run_job(job, self.options, device=self.device)
             return
         ctx = worker_context()
-        cpu_workers = sum(1 for w in self.workers if w.startswith("cpu"))
-        threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        threads = self.threads()
         level = worker_log_level()
         free = list(self.workers)
         # the next job is pulled only when a worker is free: its maker may wait on results
