@@ -7,9 +7,9 @@ worker, a Ray task, a SLURM job). Each takes picklable arguments and, last, the
 device the executor gives it.
 
 A study makes three kinds of call: `opening` before anything trains,
-`validation_outcomes` once per stage, `closing` once at the end. Each call may be a
-job of its own (on SLURM one waits in the queue and starts a Python of its own), so
-the work of one moment goes in one call, not one per step.
+`validation_outcomes` once per stage with two or more settings to compare, `closing` once
+at the end. Each call may be a job of its own (on SLURM one waits in the queue and starts
+a Python of its own), so the work of one moment goes in one call, not one per step.
 """
 
 from __future__ import annotations

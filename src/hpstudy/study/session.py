@@ -289,7 +289,10 @@ class StudySession:
              if r.status == RunStatus.FINISHED]
             for setting in stage.settings
         ]  # fmt: skip
-        outcomes = self.executor.call(remote.validation_outcomes, run_dirs, self.data)
+        if sum(1 for dirs in run_dirs if dirs) < 2:  # the winner alone: nothing to compare,
+            outcomes: list[Any] = [{} for _ in run_dirs]  # and no call (on SLURM, no job)
+        else:
+            outcomes = self.executor.call(remote.validation_outcomes, run_dirs, self.data)
         return judge(stage, outcomes, self.study.selection, alpha)
 
     # ------------------------------------------------------------ the state
