@@ -25,7 +25,7 @@ import hpstudy.study.kinds as kinds_module
 from hpstudy import cli
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
-from hpstudy.executors.local import LocalExecutor
+from hpstudy.executors.local import LocalExecutor, running
 from hpstudy.study import StudyConfig, StudyFolder, StudyResult, describe, load_study, status_text
 from hpstudy.study.kinds import StageKind, find_kind, kinds, known_field, register_kind
 from hpstudy.study.spec import validate_study
@@ -276,21 +276,6 @@ def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
     assert "trial 0" in text and "done: not known (" in text and "study.json" in text
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` still runs (a zombie, ended but not yet reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 # the killed driver's fork server also preloads tests/pausing_workers.py: each worker pauses
 # after its first step and says so, and then the driver is killed
 PAUSING_WORKERS = """
@@ -325,9 +310,9 @@ def test_a_mixed_study_on_two_workers_killed_mid_stage_leaves_no_orphan_and_resu
     assert len(workers) == 2, "the two workers never reached their first step"
     assert proc.returncode == -signal.SIGKILL and not (out / "report.md").exists()
     deadline = time.monotonic() + 30  # a paused worker left alone would sleep for 600 s
-    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(running(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [w for w in workers if alive(w)], "workers outlived their killed driver"
+    assert not [w for w in workers if running(w)], "workers outlived their killed driver"
     # the rerun resumes what the killed one left, on two workers again
     assert cli.main([*argv, *MIXED_ARGS]) == 0
     capsys.readouterr()

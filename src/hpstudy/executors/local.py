@@ -177,17 +177,22 @@ class LocalExecutor(ExecutorBase):
         """Each worker's share of the cores (its intra-op and Inductor compile threads)."""
         return max(1, (os.cpu_count() or 1) // max(1, len(self.workers or [])))
 
+    def setting(self, device: str) -> tuple[Any, ...]:
+        """What `enter_worker` takes, for a worker on `device` started now: its share of the
+        cores, the log level, this process's folder and environment as they are now (a fork
+        server's child starts where the server started) and this process's pid."""
+        place = (os.getcwd(), dict(os.environ))
+        return device, self.threads(), worker_log_level(), place, os.getpid()
+
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args, DEVICE)`: here without workers; with them, in a worker process of the
         first worker's device, as the runs are, so that the driver never holds a device
         (the speed measurement, the per-image outcomes and the test evaluation run there)."""
         if not self.workers:
             return fn(*args, self.device)
-        device = self.workers[0]
         ctx = worker_context()
         receive, reply = ctx.Pipe(duplex=False)
-        place = (os.getcwd(), dict(os.environ))
-        work = (fn, args, device, self.threads(), worker_log_level(), place, os.getpid(), reply)
+        work = (fn, args, *self.setting(self.workers[0]), reply)
         process = ctx.Process(target=call_main, args=work, daemon=True)
         process.start()
         reply.close()  # the child's end: its exit is then an EOF here
@@ -216,8 +221,6 @@ class LocalExecutor(ExecutorBase):
                 run_job(job, self.options, device=self.device)
             return
         ctx = worker_context()
-        threads = self.threads()
-        level = worker_log_level()
         free = list(self.workers)
         # the next job is pulled only when a worker is free: its maker may wait on results
         pending = iter(jobs)
@@ -226,8 +229,7 @@ class LocalExecutor(ExecutorBase):
             while True:
                 while free and (job := next(pending, None)) is not None:
                     device = free.pop(0)
-                    place = (os.getcwd(), dict(os.environ))
-                    args = (job, self.options, device, threads, level, place, os.getpid())
+                    args = (job, self.options, *self.setting(device))
                     process = ctx.Process(target=worker_main, args=args, daemon=True)
                     process.start()
                     running[process.sentinel] = (process, job, device)
