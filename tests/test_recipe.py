@@ -246,6 +246,61 @@ def test_ema_equals_torchs_averaged_model_to_the_last_bit_and_shares_its_checkpo
         fresh.ema.load_state_dict({**theirs, "other.weight": theirs["n_averaged"]})  # type: ignore[union-attr]
 
 
+def test_fp16_steps_read_nothing_on_the_host_and_skip_an_overflow_as_the_syncing_path_does(
+    synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16's optimizer is fused, so GradScaler hands it the inf check as a tensor instead of
+    reading it per step (`.item()`: a blocking sync on a GPU). On the CPU (fp16 autocast runs
+    there, though runs refuse it) against the foreach optimizer that reads it: the same skipped
+    steps (the second one's gradients made inf), the same scale, the same weights up to the
+    fused kernel's last bits."""
+    from hpstudy.run import loop
+    from hpstudy.run.device import Execution
+
+    config = RunConfig(**TINY, epochs=1, precision="fp16", weight_decay=5e-4)
+    ex = Execution(torch.device("cpu"), "fp16", False, False, 256)
+    d = device_data(load_data(synthetic_root, False), config, ex.device)
+    reads = 0
+    item = torch.Tensor.item
+
+    def counted(self: torch.Tensor):
+        nonlocal reads
+        reads += 1
+        return item(self)
+
+    def small_net() -> torch.nn.Module:  # fp16 convolutions are slow on a CPU: a small model
+        torch.manual_seed(0)
+        layers = [torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()]
+        pool = [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 100)]
+        return torch.nn.Sequential(*layers, *pool)
+
+    results = {}
+    for fused in (True, False):
+        model, scaler = small_net(), torch.amp.GradScaler("cpu")
+        optimizer = loop.make_optimizer(config, model, fused=fused)
+        trainer = Trainer(config, ex, model, model, optimizer, scaler)
+        scale, calls = scaler.scale, itertools.count()
+
+        def overflow_second(loss, scale=scale, calls=calls):  # its gradients are all inf
+            return scale(loss) * (float("inf") if next(calls) == 1 else 1.0)
+
+        scaler.scale = overflow_second  # type: ignore[method-assign]
+        reads = 0
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "item", counted)
+            trainer.train_epoch(d, 0, show=False)
+        results[fused] = (reads, scaler.get_scale(), model.state_dict())
+    (fused_reads, fused_scale, fused_w), (sync_reads, sync_scale, sync_w) = results.values()
+    steps = math.ceil(192 / 64)
+    assert fused_reads == 2  # the epoch's loss and accuracy, read once at its end
+    assert sync_reads == 2 + steps  # plus found_inf, every step
+    assert fused_scale == sync_scale <= 2.0**15  # halved at least by the overflowing step
+    for key, value in sync_w.items():
+        assert torch.allclose(fused_w[key].double(), value.double(), rtol=1e-5, atol=1e-6), key
+    start = small_net().state_dict()
+    assert any(not torch.equal(start[k], fused_w[k]) for k in start)  # the other steps ran
+
+
 def test_compile_asks_for_static_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     """dynamic=False: the partial last batch compiles a graph of its own once, rather than
     recompiling the model for dynamic shapes (slower kernels for every full batch)."""

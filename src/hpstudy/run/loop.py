@@ -97,14 +97,23 @@ def batches(d: DeviceData, config: RunConfig, ex: Execution, epoch: int) -> Iter
         yield Batch(x, y, y2, lam)
 
 
-def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (the report's), or AdamW with decoupled weight decay and `momentum` as its beta1."""
+def make_optimizer(
+    config: RunConfig, model: nn.Module, fused: bool = False
+) -> torch.optim.Optimizer:
+    """SGD (the report's), or AdamW with decoupled weight decay and `momentum` as its beta1.
+
+    `fused`: one fused kernel per step, which takes the grad scaler's inf check as a device
+    tensor and skips the update on the device. fp16 uses it: with the default (foreach)
+    kernels, GradScaler.step reads `found_inf` on the host every step, a blocking sync on a
+    GPU. Its arithmetic differs from foreach's in the last bits, so fp32 and bf16 (whose
+    runs exist, the report's among them) keep foreach."""
     if config.optimizer == "adamw":
         return torch.optim.AdamW(
             model.parameters(),
             lr=config.lr,
             betas=(config.momentum, 0.999),
             weight_decay=config.weight_decay,
+            fused=fused or None,
         )
     return torch.optim.SGD(
         model.parameters(),
@@ -112,6 +121,7 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
+        fused=fused or None,
     )
 
 
@@ -205,7 +215,7 @@ class Trainer:
         # static shapes: the partial last batch gets a graph of its own, once, instead of a
         # recompile to dynamic shapes whose kernels are slower for every full batch
         step_model: nn.Module = torch.compile(model, dynamic=False) if ex.compile else model  # type: ignore[assignment]
-        optimizer = make_optimizer(config, model)
+        optimizer = make_optimizer(config, model, fused=ex.precision == "fp16")
         scaler = torch.amp.GradScaler(ex.device.type) if ex.precision == "fp16" else None
         return cls(config, ex, model, step_model, optimizer, scaler, make_ema(config, model))
 
