@@ -8,6 +8,7 @@ errors' hints, and the quick budget's rule.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -112,6 +113,79 @@ def test_cost_leaves_out_what_is_done_and_names_cheaper_budgets() -> None:
     assert "--budget quick" in text and "--budget smoke" in text
     assert "Ctrl-C" in text and "same command resumes" in text
     assert "40,000 train, 10,000 val" in text
+
+
+def test_runs_at_once_predict_each_stage_at_the_speed_measured_for_that_many() -> None:
+    """With two slots, a stage of n runs trains min(n, 2) at once, each at the speed measured
+    for that many: seed-report's stages of 3, 2, 2 and 1 runs. Sharing that halves each run's
+    speed gains nothing; a compile is paid once per model shape where processes keep their
+    compiled models, else by every run."""
+    plan = Plan(load_study("seed-report"), "full")
+    stages = plan.distinct_stage_runs()
+    assert [len(s) for s in stages] == [3, 2, 2, 1]
+    assert [r.run_hash() for s in stages for r in s] == [r.run_hash() for r in plan.distinct_runs()]
+    shared = dataclasses.replace(SPEED, together=2, together_images_per_s=60.0)
+    assert shared.train_rate(1) == 100.0 and shared.train_rate(2) == shared.train_rate(9) == 60.0
+    sizes = (40_000, 10_000, 10_000)
+    per_epoch = 40_000 / 100 + 10_000 / 400 + 0.5  # one run alone
+    test = 10_000 / 400
+
+    def by_hand(rate_of_two: float) -> float:
+        seconds = test
+        for stage in stages:
+            at_once = min(2, len(stage))
+            slower = 100.0 / (rate_of_two if at_once == 2 else 100.0)
+            seconds += sum(r.epochs * per_epoch * slower for r in stage) / at_once
+        return seconds
+
+    two = study_cost(plan, *sizes, shared, slots=2)
+    one = study_cost(plan, *sizes, shared, slots=1)
+    assert two.seconds == pytest.approx(by_hand(60.0), rel=1e-9)
+    epochs = sum(r.epochs for r in plan.distinct_runs())
+    assert one.seconds == pytest.approx(epochs * per_epoch + test)
+    assert two.seconds < one.seconds and (two.at_once, one.at_once) == (2, 1)
+    halved = dataclasses.replace(SPEED, together=2, together_images_per_s=50.0)
+    assert study_cost(plan, *sizes, halved, slots=2).seconds == pytest.approx(one.seconds)
+    unmeasured = study_cost(plan, *sizes, SPEED, slots=2)  # no reading together: as alone
+    assert unmeasured.seconds == pytest.approx(by_hand(100.0), rel=1e-9)
+    text = "\n".join(cost_block("seed-report", two, [], shared))
+    assert "up to 2 runs at once: each trains at 60 img/s" in text and "compiling" not in text
+
+    # 40,000 = 312 x 128 + 64: two graphs per run (the partial last batch is a shape too)
+    compiled = dataclasses.replace(SPEED, compile_seconds=30.0)
+    kept = study_cost(plan, *sizes, compiled)
+    every_run = study_cost(plan, *sizes, compiled, reuses_compiled=False)
+    assert kept.compile_seconds == pytest.approx(2 * 30.0)
+    assert every_run.compile_seconds == pytest.approx(8 * 2 * 30.0)
+    assert kept.seconds == pytest.approx(one.seconds + 60.0)
+    assert "compiling: 60 s of it (30 s per graph, measured)" in "\n".join(
+        cost_block("seed-report", kept, [], compiled)
+    )
+
+
+def test_the_speed_together_is_asked_of_every_slot_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In every worker at once (test_kinds' study on two workers measures it for real)."""
+    monkeypatch.setenv("HPSTUDY_CACHE", str(tmp_path))
+    monkeypatch.setattr(cost, "load_average", lambda: 0.5)
+    config = RunConfig(width=0.125, batch_size=16, eval_batch_size=32, device="cpu")
+    asked: list[int] = []
+
+    def at_once(fn, *args):  # an executor's call_at_once, the readings given
+        asked.append(args[-1])
+        return [50.0, 70.0]
+
+    cached = dataclasses.replace(SPEED, measured_now=False)
+    speed = cost.speed_together(at_once, 2, config, cached)
+    assert (speed.together, speed.together_images_per_s, asked) == (2, 60.0, [2])
+    assert cost.speed_together(at_once, 2, config, cached).together_images_per_s == 60.0
+    assert asked == [2]  # read from the cache the second time
+    cost.speed_together(at_once, 2, config, SPEED)  # the speed measured now: this too
+    cost.speed_together(at_once, 2, config, cached, remeasure=True)
+    assert asked == [2, 2, 2]
+    assert cost.speed_together(at_once, 1, config, cached) is cached  # one slot: nothing
+    assert asked == [2, 2, 2]
 
 
 def test_speed_is_measured_once_and_a_bad_cache_is_ignored(

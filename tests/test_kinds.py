@@ -239,7 +239,10 @@ def mixed(
 
 
 def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
-    mixed: tuple[Path, Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mixed: tuple[Path, Path, list[str]],
+    speed_cache: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Worker processes train outside the driver, so after every stage the driver counts
     their progress from study.json: the kinds must come back as written (this once failed
@@ -262,6 +265,11 @@ def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
     assert cli.main(["study", "status", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "mixed (full): finished" in shown and "trial 0" in shown
+    # two runs at once were timed in both workers together (else the study stops waiting)
+    # before the cost block predicted the stages with them
+    cache = json.loads((speed_cache / "speed.json").read_text())
+    ((key, together),) = [(k, v) for k, v in cache.items() if "|together 2|" in k]
+    assert key.startswith("cpu (") and together["train_images_per_s"] > 0
 
     # a folder from before study.json kept the study: its identity rebuilds the plan
     record = json.loads((out / "study.json").read_text())

@@ -66,6 +66,8 @@ class Executor(Protocol):
 
     # True where jobs train in this process (their progress can be drawn live here)
     in_process: bool
+    # True where a process trains run after run and keeps its compiled model for the next
+    reuses_compiled: bool
 
     def open(self, study_dir: Path) -> None:
         """Called once by a study, before any `call` or `run`, with its folder: where the
@@ -85,6 +87,13 @@ class Executor(Protocol):
         the data (its summary, the speed, the test evaluation), for a driver that may have
         no data and no GPU. `fn` and `args` must pickle (top-level functions, plain data);
         its one-line errors (HpstudyError) come back as they are."""
+
+    def slots(self) -> int:
+        """How many runs train at once at most (the cost block's concurrency)."""
+
+    def call_at_once(self, fn: Callable[..., T], *args: Any) -> list[T]:
+        """`fn(*args, DEVICE)` in each of `slots()` places at the same moment, as that many
+        runs would train (how fast each run goes while the others share its device)."""
 
     def close(self) -> None:
         """Release what the executor started (a local Ray)."""
@@ -114,6 +123,9 @@ class ExecutorBase:
 
     summary: ClassVar[str] = ""
     in_process: bool = False
+    # whether a process trains several runs and keeps its compiled model across them (else
+    # every run with `compile` compiles: the cost block counts it so)
+    reuses_compiled: ClassVar[bool] = False
 
     def __init__(self, options: DataOptions, *, device: str | None = None) -> None:
         self.options = options
@@ -141,6 +153,14 @@ class ExecutorBase:
         from hpstudy.run import resolve_device
 
         return resolve_device(self.device or "auto").type
+
+    def slots(self) -> int:
+        """One run at a time, unless the executor says otherwise: the cost block then adds
+        the runs' times up."""
+        return 1
+
+    def call_at_once(self, fn: Callable[..., T], *args: Any) -> list[T]:
+        return [self.call(fn, *args)]  # type: ignore[attr-defined]
 
 
 ExecutorClass = type[ExecutorBase]

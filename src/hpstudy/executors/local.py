@@ -128,6 +128,7 @@ class LocalExecutor(ExecutorBase):
     per job, as many at once as there are workers, each on its worker's device."""
 
     summary = "this machine"
+    reuses_compiled = True  # in this process, or in a worker that trains run after run
 
     def __init__(
         self, options: DataOptions, workers: list[str] | None = None, device: str | None = None
@@ -190,30 +191,43 @@ class LocalExecutor(ExecutorBase):
         (the speed measurement, the per-image outcomes and the test evaluation run there)."""
         if not self.workers:
             return fn(*args, self.device)
+        return self.call_in(self.workers[:1], fn, args)[0]
+
+    def slots(self) -> int:
+        return len(self.workers or [None])
+
+    def call_at_once(self, fn: Callable[..., T], *args: Any) -> list[T]:
+        """`fn(*args, DEVICE)` in a process per worker, all started together."""
+        if not self.workers:
+            return [fn(*args, self.device)]
+        return self.call_in(self.workers, fn, args)
+
+    def call_in(self, devices: list[str], fn: Callable[..., T], args: tuple[Any, ...]) -> list[T]:
+        """`fn(*args, device)` in a worker process per device, at once; their results in
+        order, or the first one-line error (an internal error raised as what it was)."""
         ctx = worker_context()
-        receive, reply = ctx.Pipe(duplex=False)
-        work = (fn, args, *self.setting(self.workers[0]), reply)
-        process = ctx.Process(target=call_main, args=work, daemon=True)
-        process.start()
-        reply.close()  # the child's end: its exit is then an EOF here
+        calls = []
         try:
-            kind, value = receive.recv()
-        except EOFError:
-            process.join()
-            raise HpstudyError(
-                f"a worker process died (exit code {process.exitcode}) in {fn.__name__}"
-            ) from None
-        except BaseException:  # interrupted: the worker goes too
-            process.terminate()
-            raise
-        finally:
-            receive.close()
-        process.join()
-        if kind == "error":
-            raise HpstudyError(value)
-        if kind == "internal":
-            raise RuntimeError(f"{fn.__name__} in a worker process: {value}")
-        return value  # type: ignore[no-any-return]
+            for device in devices:
+                receive, reply = ctx.Pipe(duplex=False)
+                work = (fn, args, *self.setting(device), reply)
+                process = ctx.Process(target=call_main, args=work, daemon=True)
+                process.start()
+                reply.close()  # the child's end: its exit is then an EOF here
+                calls.append((process, receive))
+            answers = [answer(process, receive, fn.__name__) for process, receive in calls]
+        finally:  # interrupted, or one failed: the others go too
+            for process, receive in calls:
+                receive.close()
+                if process.is_alive():
+                    process.terminate()
+                process.join()
+        for kind, value in answers:
+            if kind == "error":
+                raise HpstudyError(value)
+            if kind == "internal":
+                raise RuntimeError(f"{fn.__name__} in a worker process: {value}")
+        return [value for _, value in answers]
 
     def run(self, jobs: Iterable[Job]) -> None:
         if not self.workers:
@@ -245,6 +259,17 @@ class LocalExecutor(ExecutorBase):
             for process, _, _ in running.values():  # interrupted: stop the others too
                 process.terminate()
                 process.join()
+
+
+def answer(process: Any, receive: Any, name: str) -> tuple[str, Any]:
+    """What a `call_main` process sent back; a one-line error where it died first."""
+    try:
+        return receive.recv()  # type: ignore[no-any-return]
+    except EOFError:
+        process.join()
+        raise HpstudyError(
+            f"a worker process died (exit code {process.exitcode}) in {name}"
+        ) from None
 
 
 # what a job's process imports before it trains: loaded once by the fork server

@@ -10,10 +10,19 @@ Speeds are cached per user (`$HPSTUDY_CACHE/speed.json`, else
 second `study run` on the same machine starts at once; a cached reading taken under a
 load above the core count, older than MAX_AGE_DAYS, or by another hpstudy or torch is
 measured again, and `study run --remeasure` always measures.
+
+Runs that train at once (`--runs-per-device 2`: the executor's `slots`) share their
+device, so each goes slower than one alone: where there are several slots, each run's
+speed while all of them train is measured too, in that many worker processes at the same
+moment (`measure_together`), and a stage of n runs is predicted at min(n, slots) at once,
+each at the speed measured for that many (linear between one and all: an assumption).
+With `compile`, the first steps' extra time is the compile time, added once per model
+shape and process where the executor keeps its compiled models, else once per run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -55,6 +64,18 @@ class Speed:
     load: float | None = None  # the 1-minute load average when measured (None: not known)
     measured_at: float = 0.0  # when (seconds since the epoch; 0: not known)
     hpstudy: str = ""  # the hpstudy that measured it
+    compile_seconds: float = 0.0  # compiling the training step's graph once (0: not compiled)
+    together: int = 1  # how many runs were measured training at once (1: only one alone)
+    together_images_per_s: float = 0.0  # each one's training images/s then (0: not measured)
+
+    def train_rate(self, at_once: int) -> float:
+        """Training images/s of each of `at_once` runs sharing the device: measured alone
+        and with `together` at once, linear between (more than measured: as measured)."""
+        if at_once <= 1 or self.together <= 1 or self.together_images_per_s <= 0:
+            return self.train_images_per_s
+        share = (min(at_once, self.together) - 1) / (self.together - 1)
+        alone = self.train_images_per_s
+        return alone + (self.together_images_per_s - alone) * share
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,8 @@ class StudyCost:
     test_seconds: float | None = None  # predicted: the final test evaluation
     export_seconds: float | None = None  # predicted: export, its check and timings (None: none)
     no_export: str = "the export extra is not installed"  # why there is none, where none
+    at_once: int = 1  # the most runs predicted to train at once (the executor's slots)
+    compile_seconds: float = 0.0  # predicted: compiling, within `seconds`
 
     @property
     def train_seconds(self) -> float | None:
@@ -104,12 +127,59 @@ def epoch_images(config: RunConfig, train_size: int, val_size: int) -> tuple[int
     )
 
 
-def epoch_seconds(config: RunConfig, speed: Speed, train_size: int, val_size: int) -> float:
-    """One epoch: training, validation and the checkpoint write."""
+def epoch_seconds(
+    config: RunConfig, speed: Speed, train_size: int, val_size: int, at_once: int = 1
+) -> float:
+    """One epoch: training, validation and the checkpoint write, of one of `at_once` runs
+    sharing the device (validation and the write slowed as training is)."""
     train, val = epoch_images(config, train_size, val_size)
-    return train / speed.train_images_per_s + val / speed.eval_images_per_s + (
-        speed.checkpoint_seconds
-    )
+    slower = speed.train_images_per_s / speed.train_rate(at_once)
+    return train / speed.train_images_per_s * slower + (
+        val / speed.eval_images_per_s + speed.checkpoint_seconds
+    ) * slower
+
+
+def compile_graphs(config: RunConfig, train_size: int) -> int:
+    """Graphs a compiled run compiles: one per static batch shape (a partial last batch is
+    a second)."""
+    train = min(train_size, config.limit_train or train_size)
+    return 1 if train % config.batch_size == 0 or train < config.batch_size else 2
+
+
+def model_shape(config: RunConfig) -> tuple[Any, ...]:
+    """What decides a compiled graph besides the batch: runs alike in these reuse it."""
+    return (config.model, config.model_source, tuple(sorted(config.model_args.items())),
+            config.width, config.dataset, config.image_size, config.precision)  # fmt: skip
+
+
+def stage_seconds(
+    runs: list[tuple[RunConfig, int]],
+    speed: Speed,
+    sizes: tuple[int, int],
+    slots: int,
+    reuses_compiled: bool,
+    compiled: set[tuple[Any, ...]],
+) -> tuple[float, float]:
+    """(training, compiling) seconds of one stage's runs with the epochs each has left:
+    min(runs, slots) train at once. A compile is paid per run, or once per model shape and
+    batch where the executor keeps compiled models (`compiled`: the shapes already paid)."""
+    left = [(run, epochs) for run, epochs in runs if epochs > 0]
+    if not left:
+        return 0.0, 0.0
+    at_once = min(len(left), max(1, slots))
+    work = sum(epochs * epoch_seconds(run, speed, *sizes, at_once) for run, epochs in left)
+    compiling = 0.0
+    if speed.compile_seconds > 0:
+        for run, _ in left:
+            shape = (*model_shape(run), run.batch_size, compile_graphs(run, sizes[0]))
+            if reuses_compiled and shape in compiled:
+                continue
+            compiled.add(shape)
+            graphs = compile_graphs(run, sizes[0])
+            # processes compile side by side: where each keeps its models, every slot pays
+            # the shape once, at the same time
+            compiling += speed.compile_seconds * graphs / (1 if reuses_compiled else at_once)
+    return work / at_once, compiling
 
 
 def study_cost(
@@ -123,24 +193,40 @@ def study_cost(
     chosen: dict[int, Any] | None = None,
     stopped: Callable[[RunConfig], bool] | None = None,
     export: bool = False,
+    slots: int = 1,
+    reuses_compiled: bool = True,
 ) -> StudyCost:
     """The plan's distinct runs, the epochs `epochs_done` says are already trained left out
     of the prediction, then the closing steps: the final test evaluation of each seed and,
     with `export`, the final model's export check and latency timings.
 
+    Stages run one after another; within one, up to `slots` runs train at once, each at
+    the speed measured for that many (`Speed.train_rate`), and a compile is paid per run or,
+    where the executor `reuses_compiled` models, once per model shape (`stage_seconds`).
+
     A study resumed in its folder passes what its stages `tried` and `chosen` so far (the
     Optuna trials asked, the winners carried): those runs, not stand-ins, are the plan's;
     `stopped` says which runs will never train (a later seed of a pruned trial)."""
     study = plan.study
-    runs = [r for r in plan.distinct_runs(chosen, tried) if not (stopped and stopped(r))]
+    stages = [
+        [r for r in stage if not (stopped and stopped(r))]
+        for stage in plan.distinct_stage_runs(chosen, tried)
+    ]
+    runs = [r for stage in stages for r in stage]
     planned = len(study.seeds) * sum(len(stage.stand_ins()) for stage in study.stages)
     done = [min(epochs_done(r), r.epochs) if epochs_done else 0 for r in runs]
+    left = {run.run_hash(): run.epochs - d for run, d in zip(runs, done, strict=True)}
     seconds = test_seconds = export_seconds = None
+    compile_seconds = 0.0
     if speed is not None:
-        seconds = sum(
-            (run.epochs - d) * epoch_seconds(run, speed, train_size, val_size)
-            for run, d in zip(runs, done, strict=True)
-        )
+        seconds, compiled = 0.0, set[tuple[Any, ...]]()
+        for stage in stages:
+            work, compiling = stage_seconds(
+                [(run, left[run.run_hash()]) for run in stage], speed, (train_size, val_size),
+                slots, reuses_compiled, compiled,
+            )  # fmt: skip
+            seconds += work + compiling
+            compile_seconds += compiling
         test_seconds = len(study.seeds) * test_size / speed.eval_images_per_s
         if export:
             export_seconds = export_images() / speed.eval_images_per_s
@@ -159,6 +245,8 @@ def study_cost(
         test_images=len(study.seeds) * test_size,
         test_seconds=test_seconds,
         export_seconds=export_seconds,
+        at_once=max(1, min(slots, max((len(stage) for stage in stages), default=1))),
+        compile_seconds=compile_seconds,
     )
 
 
@@ -226,12 +314,15 @@ def budget_costs(
     test_size: int,
     speed: Speed | None,
     export: bool = False,
+    slots: int = 1,
+    reuses_compiled: bool = True,
 ) -> list[StudyCost]:
     """The cost of every budget cheaper than `plan`'s, from scratch."""
     cheaper = BUDGETS[BUDGETS.index(plan.budget) + 1 :]
     sizes = (train_size, val_size, test_size)
+    at_once = {"slots": slots, "reuses_compiled": reuses_compiled}
     return [
-        study_cost(Plan(plan.study, b, plan.device_type), *sizes, speed, export=export)
+        study_cost(Plan(plan.study, b, plan.device_type), *sizes, speed, export=export, **at_once)
         for b in cheaper
     ]
 
@@ -288,6 +379,10 @@ def trustworthy(entry: dict[str, object], now: float) -> bool:
     return isinstance(load, int | float) and load <= (os.cpu_count() or 1)
 
 
+def is_duration(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
 def cached_speed(entry: object, now: float | None = None) -> Speed | None:
     """A cache entry as a Speed, or None where it is not one (an older or foreign file) or
     is not to be trusted any more (`trustworthy`)."""
@@ -299,7 +394,7 @@ def cached_speed(entry: object, now: float | None = None) -> Speed | None:
         return None
     if not trustworthy(entry, time.time() if now is None else now):
         return None
-    spread = entry.get("spread")
+    spread, compiling = entry.get("spread"), entry.get("compile_seconds")
     return Speed(
         entry["device_name"],
         *map(float, values),  # type: ignore[arg-type]
@@ -308,13 +403,15 @@ def cached_speed(entry: object, now: float | None = None) -> Speed | None:
         load=float(entry["load"]),  # type: ignore[arg-type]
         measured_at=float(entry["measured_at"]),  # type: ignore[arg-type]
         hpstudy=__version__,
+        compile_seconds=float(compiling) if is_duration(compiling) else 0.0,
     )
 
 
 def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool = False) -> Speed:
     """The study's model on the device (random images: speed does not depend on them), a few
     windows of steps timed; read from the cache where measured before and still trusted
-    (`trustworthy`), unless `remeasure`. Called where runs run."""
+    (`trustworthy`), unless `remeasure`. Called where runs run. With `compile`, the first
+    steps' time beyond the steady rate is the compile time."""
     if device is not None:
         config = config.model_copy(update={"device": device})
     ex = Execution.resolve(config)
@@ -322,10 +419,41 @@ def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool 
     path, key = cache_path(), speed_key(config, ex)
     if not remeasure and (cached := cached_speed(read_cache(path).get(key))) is not None:
         return cached
+    rng = torch.get_rng_state()  # measuring must not move the run's own random stream
+    trainer, d, warmup = probe(config, ex)
+    head = d.head(train=warmup * config.batch_size)
+    first = timed(ex, lambda: trainer.train_epoch(head, 10_000, False))
+    load = load_average()
+    windows = sorted(timed(ex, lambda: trainer.train_epoch(d, 0, False)) for _ in range(WINDOWS))
+    train_seconds = windows[len(windows) // 2]
+    train_n = len(d.train_x)
+    trainer.evaluate(d.head(val=ex.eval_batch_size))
+    eval_seconds = timed(ex, lambda: trainer.evaluate(d))
+    with tempfile.TemporaryDirectory(prefix="hpstudy-speed-") as tmp:
+        ckpt = timed(ex, lambda: RunDir(tmp).save_checkpoint(trainer.state()))
+    torch.set_rng_state(rng)
+    after = load_average()
+    steady_first = train_seconds * warmup * config.batch_size / train_n
+    speed = Speed(
+        device_name(ex.device),
+        train_n / train_seconds,
+        len(d.val_x) / eval_seconds,
+        ckpt,
+        spread=(windows[-1] - windows[0]) / train_seconds,
+        load=max(load, after) if load is not None and after is not None else load,
+        measured_at=time.time(),
+        hpstudy=__version__,
+        compile_seconds=max(0.0, first - steady_first) if ex.compile else 0.0,
+    )
+    store(path, key, speed)
+    return speed
+
+
+def probe(config: RunConfig, ex: Execution) -> tuple[Trainer, DeviceData, int]:
+    """The config's trainer on random images of its data's shape, and its warm-up steps."""
     warmup, steps, eval_batches = MEASURE.get(ex.device.type, MEASURE["cuda"])
     gen = torch.Generator().manual_seed(0)
     train_n, val_n = steps * config.batch_size, eval_batches * ex.eval_batch_size
-
     classes, image_shape = data_shape(config)
 
     def images(n: int) -> torch.Tensor:
@@ -343,30 +471,74 @@ def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool 
         mean=torch.full((image_shape[0],), 0.5, device=ex.device),
         std=torch.full((image_shape[0],), 0.25, device=ex.device),
     )
-    rng = torch.get_rng_state()  # measuring must not move the run's own random stream
-    trainer = Trainer.create(config, ex, (classes, image_shape))
+    return Trainer.create(config, ex, (classes, image_shape)), d, warmup
+
+
+MEETING_TIMEOUT = 300.0  # seconds the processes measuring together wait for each other
+
+
+def measure_together(
+    config: RunConfig, meeting: str, count: int, device: str | None = None
+) -> float:
+    """This process's training images/s while `count` processes run this at once: each
+    warms up (compiles), waits in the folder `meeting` until all `count` are ready, then
+    times its windows of steps. Called in every worker at once (`Executor.call_at_once`)."""
+    if device is not None:
+        config = config.model_copy(update={"device": device})
+    ex = Execution.resolve(config)
+    config = config.for_device(ex.device.type)
+    rng = torch.get_rng_state()
+    trainer, d, warmup = probe(config, ex)
     trainer.train_epoch(d.head(train=warmup * config.batch_size), 10_000, False)
-    load = load_average()
+    ex.sync()
+    folder = Path(meeting)
+    (folder / f"ready-{os.getpid()}").touch()
+    waited = time.monotonic()
+    while len(list(folder.glob("ready-*"))) < count:
+        if time.monotonic() - waited > MEETING_TIMEOUT:
+            raise HpstudyError(
+                f"speed measurement: {count} runs at once were asked for, but the other "
+                f"workers were not ready within {MEETING_TIMEOUT:.0f} s"
+            )
+        time.sleep(0.01)
     windows = sorted(timed(ex, lambda: trainer.train_epoch(d, 0, False)) for _ in range(WINDOWS))
-    train_seconds = windows[len(windows) // 2]
-    trainer.evaluate(d.head(val=ex.eval_batch_size))
-    eval_seconds = timed(ex, lambda: trainer.evaluate(d))
-    with tempfile.TemporaryDirectory(prefix="hpstudy-speed-") as tmp:
-        ckpt = timed(ex, lambda: RunDir(tmp).save_checkpoint(trainer.state()))
     torch.set_rng_state(rng)
-    after = load_average()
-    speed = Speed(
-        device_name(ex.device),
-        train_n / train_seconds,
-        val_n / eval_seconds,
-        ckpt,
-        spread=(windows[-1] - windows[0]) / train_seconds,
-        load=max(load, after) if load is not None and after is not None else load,
-        measured_at=time.time(),
-        hpstudy=__version__,
+    return len(d.train_x) / windows[len(windows) // 2]
+
+
+def speed_together(
+    call_at_once: Callable[..., list[float]],
+    slots: int,
+    config: RunConfig,
+    speed: Speed,
+    remeasure: bool = False,
+) -> Speed:
+    """`speed` with each run's training rate while `slots` runs train at once (cached as
+    the speed is, under its key and the count), measured through `call_at_once`, an
+    executor's; `speed` as it is for one slot."""
+    if slots <= 1:
+        return speed
+    execution = ("precision", "channels_last", "compile", "eval_batch_size", "model_args")
+    key = f"{speed.device_name}|together {slots}|" + "|".join(
+        str(getattr(config, name))
+        for name in ("model", "width", "batch_size", *execution, "model_source", "data_source")
     )
-    store(path, key, speed)
-    return speed
+    path = cache_path()
+    # a speed measured again now is measured again together too
+    if not (remeasure or speed.measured_now):
+        held = cached_speed(read_cache(path).get(key))
+        if held is not None:
+            rate = held.train_images_per_s
+            return dataclasses.replace(speed, together=slots, together_images_per_s=rate)
+    with tempfile.TemporaryDirectory(prefix="hpstudy-together-") as meeting:
+        rates = call_at_once(measure_together, config, meeting, slots)
+    rate = sum(rates) / len(rates)
+    held = dataclasses.replace(
+        speed, train_images_per_s=rate, measured_at=time.time(), load=load_average(),
+        hpstudy=__version__,
+    )  # fmt: skip
+    store(path, key, held)
+    return dataclasses.replace(speed, together=slots, together_images_per_s=rate)
 
 
 def timed(ex: Execution, fn: Callable[[], object]) -> float:
@@ -432,6 +604,17 @@ def cost_block(name: str, cost: StudyCost, cheaper: list[StudyCost], speed: Spee
         f"(train {speed.train_images_per_s:.0f} img/s, eval {speed.eval_images_per_s:.0f} "
         f"img/s, {speed_note(speed)})"
     )
+    if cost.at_once > 1:
+        lines.append(
+            f"  up to {cost.at_once} runs at once: each trains at "
+            f"{speed.train_rate(cost.at_once):.0f} img/s then (measured with "
+            f"{speed.together} at once), a stage of fewer runs at fewer"
+        )
+    if cost.compile_seconds > 0:
+        lines.append(
+            f"  compiling: {duration(cost.compile_seconds)} of it "
+            f"({speed.compile_seconds:.0f} s per graph, measured)"
+        )
     if cheaper:
         lines.append(
             "  cheaper: "
@@ -451,8 +634,10 @@ __all__ = [
     "epoch_seconds",
     "epochs_in",
     "measure_speed",
+    "measure_together",
     "pruned_first_seed",
     "resumed_plan",
     "speed_note",
+    "speed_together",
     "study_cost",
 ]

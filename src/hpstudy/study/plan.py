@@ -139,8 +139,18 @@ class Plan:
         tried so far) and then the rest of its stand-ins, and carries `chosen[k]` (a value
         its `assignment` takes) to the later stages; by default, its stand-ins and the one
         it assumes wins (the published winner where named, else the first)."""
+        return [run for stage in self.distinct_stage_runs(chosen, tried) for run in stage]
+
+    def distinct_stage_runs(
+        self,
+        chosen: dict[int, Any] | None = None,
+        tried: dict[int, list[Any]] | None = None,
+    ) -> list[list[RunConfig]]:
+        """`distinct_runs` by stage, each run under the first stage that meets it: the runs
+        a stage may train at once (its settings times the seeds)."""
         chosen, tried = chosen or {}, tried or {}
-        runs: dict[str, RunConfig] = {}
+        seen: set[str] = set()
+        stages: list[list[RunConfig]] = [[] for _ in self.study.stages]
         for seed in self.study.seeds:
             winners: dict[str, Any] = {}
             for k, stage in enumerate(self.study.stages):
@@ -149,7 +159,9 @@ class Plan:
                 values = done + stand_ins[len(done) :]
                 for value in values:
                     config = self.config(k, value, winners, seed)
-                    runs.setdefault(config.run_hash(), config)
+                    if config.run_hash() not in seen:
+                        seen.add(config.run_hash())
+                        stages[k].append(config)
                 carried = chosen[k] if k in chosen else stand_ins[stage.assumed_winner()]
                 winners.update(stage.assignment(carried))
-        return list(runs.values())
+        return stages

@@ -35,6 +35,7 @@ from hpstudy.study.cost import (
     epochs_in,
     pruned_first_seed,
     resumed_plan,
+    speed_together,
     study_cost,
 )
 from hpstudy.study.plan import Plan
@@ -110,10 +111,14 @@ class StudySession:
         # the train images the first run uses (a budget's or the study's limit): Figure 1's
         first = self.study.stages[0]
         used = self.plan.config(0, first.candidates()[0], {}, self.study.seeds[0]).limit_train
+        measured = base.model_copy(update={"limit_train": used})
         summary, speed = self.executor.call(
-            remote.opening, self.data, split_seed, base.dataset,
-            base.model_copy(update={"limit_train": used}), self.remeasure,
-        )  # fmt: skip
+            remote.opening, self.data, split_seed, base.dataset, measured, self.remeasure
+        )
+        # runs that share a device go slower each: measured with as many at once as train
+        speed = speed_together(
+            self.executor.call_at_once, self.executor.slots(), measured, speed, self.remeasure
+        )
         cost = self.cost = self.announce_cost(summary, speed)
         # the folder is made only once the data is there (no half-claimed folder), and
         # written by this process alone from study.json to the report
@@ -160,14 +165,15 @@ class StudySession:
         # a resumed study: the trials and winners its stages have, not the plan's stand-ins
         tried, chosen = resumed_plan(self.folder)
         export = self.export and can_export()
+        at_once = {"slots": self.executor.slots(), "reuses_compiled": self.executor.reuses_compiled}
         cost = study_cost(
             self.plan, *sizes, speed, epochs_done=lambda config: epochs_in(self.folder, config),
             tried=tried, chosen=chosen, stopped=pruned_first_seed(self.folder, self.plan),
-            export=export,
+            export=export, **at_once,
         )  # fmt: skip
         if not self.export:
             cost = dataclasses.replace(cost, no_export="--no-export")
-        cheaper = budget_costs(self.plan, *sizes, speed, export)
+        cheaper = budget_costs(self.plan, *sizes, speed, export, **at_once)
         for line in cost_block(self.study.name, cost, cheaper, speed):
             logger.info(line)
         return cost
