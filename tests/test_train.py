@@ -339,13 +339,24 @@ def test_config_hash_ignores_where_it_runs_but_not_what() -> None:
 def test_run_identity_records_the_precision_that_ran(synthetic_root: Path, tmp_path: Path) -> None:
     # auto means fp32 on a CPU and bf16 on a GPU: the same config there and here differs
     assert tiny().for_device("cpu").run_hash() != tiny().for_device("cuda").run_hash()
-    assert tiny().for_device("cuda").run_hash() == tiny(precision="bf16").run_hash()
+    bf16 = tiny(precision="bf16")
+    assert tiny().for_device("cuda").run_hash() == bf16.for_device("cuda").run_hash()
     assert tiny().for_device("cpu").run_hash() == tiny(precision="fp32").run_hash()
+    # and so does the device type, where it changes the draws: a GPU's generators draw other
+    # orders and crops than a CPU's. A CPU run's identity is what it was before
+    fp32 = tiny(precision="fp32")
+    assert fp32.for_device("cuda").run_hash() != fp32.for_device("cpu").run_hash()
+    assert fp32.for_device("cuda").draw_device == "cuda"
+    assert fp32.for_device("cuda").for_device("cpu") == fp32.for_device("cpu") == fp32
     few = {"epochs": 1, "limit_train": 64, "limit_val": 32}
     summary = train(tiny(**few), tmp_path, root=synthetic_root, verify=False)
     assert summary.precision == "fp32"
-    assert json.loads((tmp_path / "config.json").read_text())["precision"] == "fp32"
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["precision"] == "fp32" and written["draw_device"] is None
     assert summary.run_hash == tiny(**few, precision="fp32").run_hash()
+    # the same run on a GPU is another run: it never resumes this CPU run's checkpoint
+    with pytest.raises(HpstudyError, match="holds a different run"):
+        RunDir(tmp_path).check(tiny(**few, precision="fp32").for_device("cuda"))
 
 
 @pytest.mark.real_data

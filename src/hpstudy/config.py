@@ -4,7 +4,10 @@ The normalised JSON of a config (fields that only say *where* or *how fast* it
 runs left out) gives a short hash: the run's identity and its directory name, so
 equal configs meet in one place and a study reuses runs it has already done.
 The precision is part of that identity once resolved for a device: a run
-trained in fp32 on a CPU and one trained in bf16 on a GPU are different runs.
+trained in fp32 on a CPU and one trained in bf16 on a GPU are different runs; so
+is the device type where it changes the random draws (a GPU's generators draw
+other numbers than a CPU's from the same seed), so a run never resumes on the
+other type with other draws.
 A run of the user's own model or data keeps a fingerprint of them in its identity
 (`model_source`, `data_source`, filled in when the config is made, see hpstudy.sources):
 a changed model module or data file is a new run.
@@ -28,11 +31,12 @@ EXECUTION_FIELDS = frozenset({"device", "compile", "eval_batch_size"})
 LATER_FIELDS = frozenset(
     {
         "lr_per_step", "cutmix_alpha", "mix_switch_prob", "ema_decay", "optimizer", "dataset",
-        "model_args", "model_source", "data_source", "image_size",
+        "model_args", "model_source", "data_source", "image_size", "draw_device",
     }
 )  # fmt: skip
-# Filled in when a config is made, never by hand: the fingerprint of the user's model and data.
-SOURCE_FIELDS = frozenset({"model_source", "data_source"})
+# Filled in when a config is made or resolved for a device, never by hand: the fingerprint of
+# the user's model and data, and the device type whose generators draw the augmentation.
+SOURCE_FIELDS = frozenset({"model_source", "data_source", "draw_device"})
 MAX_MODEL_ARGS = 64
 ModelArg = bool | int | float | str
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -128,6 +132,13 @@ class RunConfig(BaseModel):
     data_source: str | None = Field(
         None, max_length=500, description="the data's sha256 (filled in)"
     )
+    # a CPU's and a GPU's generators draw different orders, crops and flips from one seed, so
+    # the device type is part of a run's identity where it changes the draws: on a GPU. CPU
+    # runs (all runs before it existed) leave it unset and keep their names
+    draw_device: Literal["cuda"] | None = Field(
+        None, description="the device type drawing order and augmentation, if not the CPU "
+        "(filled in)"
+    )  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod
@@ -183,9 +194,13 @@ class RunConfig(BaseModel):
         return self
 
     def for_device(self, device_type: str) -> RunConfig:
-        """This config with `precision` resolved for a device type (cpu, cuda)."""
+        """This config with `precision` resolved for a device type (cpu, cuda), and the
+        device type that draws its augmentation where it is not the CPU."""
         return self.model_copy(
-            update={"precision": resolve_precision(self.precision, device_type)}
+            update={
+                "precision": resolve_precision(self.precision, device_type),
+                "draw_device": None if device_type == "cpu" else device_type,
+            }
         )
 
     def identity(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from hpstudy.config import EXECUTION_FIELDS, RunConfig
+from hpstudy.config import EXECUTION_FIELDS, SOURCE_FIELDS, RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.run import MetricRow, RunDir, RunStatus, Summary
 from hpstudy.study.compare import reproduction, seed_mean_interval, wilson
@@ -633,10 +633,11 @@ def stage_result(
 def changed_config(config: dict[str, Any]) -> dict[str, Any]:
     """Model, dataset and every field of a run's config that differs from RunConfig's
     default, in RunConfig's order: what rebuilds the run (the seed, and fields that only
-    say where or how fast it runs, left out)."""
+    say where or how fast it runs, left out, and those filled in when a config is made)."""
     shown = {}
     for name, spec in RunConfig.model_fields.items():
-        if name == "seed" or name in EXECUTION_FIELDS or config.get(name) is None:
+        skipped = name == "seed" or name in EXECUTION_FIELDS or name in SOURCE_FIELDS
+        if skipped or config.get(name) is None:
             continue
         # a field built by a factory (model_args' {}) compares with what the factory makes
         if name in FINAL_CONFIG_ALWAYS or config[name] != spec.get_default(
