@@ -439,7 +439,9 @@ def test_bad_cluster_options_are_one_line_and_start_nothing(
 def test_auto_resolves_from_the_table_and_keeps_todays_run_hashes() -> None:
     auto = RunConfig(device="cpu")
     assert auto.for_device("cpu").run_hash() == RunConfig(precision="fp32").run_hash()
-    assert auto.for_device("cuda").run_hash() == RunConfig(precision="bf16").run_hash()
+    # a GPU run's identity also holds its draw_device (no GPU run existed before it did)
+    bf16 = RunConfig(precision="bf16")
+    assert auto.for_device("cuda").run_hash() == bf16.for_device("cuda").run_hash()
     ex = Execution.resolve(auto)
     assert (ex.precision, ex.channels_last, ex.compile, ex.eval_batch_size) == (
         "fp32",

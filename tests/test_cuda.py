@@ -61,7 +61,9 @@ def test_a_training_epoch_in_each_precision(precision: str, synthetic_root: Path
 def test_the_default_on_cuda_is_the_tables_and_its_hash_is_bf16s() -> None:
     ex = Execution.resolve(tiny())
     assert (ex.precision, ex.channels_last, ex.eval_batch_size) == ("bf16", True, 1024)
-    assert tiny().for_device("cuda").run_hash() == tiny(precision="bf16").run_hash()
+    bf16 = tiny(precision="bf16").for_device("cuda")
+    assert tiny().for_device("cuda").run_hash() == bf16.run_hash()
+    assert bf16.draw_device == "cuda"  # the GPU's draws: another run than the CPU's
 
 
 def test_a_cuda_trainer_sets_cudnn_benchmark_as_the_table_says() -> None:
