@@ -18,7 +18,15 @@ import torch
 
 from hpstudy import augment, cli
 from hpstudy.config import RunConfig
-from hpstudy.run import Execution, RunDir, Trainer, device_data, evaluate_arrays, load_data, train
+from hpstudy.run import (
+    CheckpointWriter,
+    Execution,
+    Trainer,
+    device_data,
+    evaluate_arrays,
+    load_data,
+    train,
+)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -104,13 +112,13 @@ def test_resume_on_cuda_continues_the_run(
     class Stop(Exception):
         pass
 
-    save = RunDir.save_checkpoint
+    submit = CheckpointWriter.submit
 
-    def save_then_stop(self: RunDir, state: dict[str, Any]) -> None:
-        save(self, state)
+    def submit_then_stop(self: CheckpointWriter, state: dict[str, Any]) -> None:
+        submit(self, state)  # leaving train waits for the background write
         raise Stop
 
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(CheckpointWriter, "submit", submit_then_stop)
     with pytest.raises(Stop):
         train(config, tmp_path / "cut", root=synthetic_root, verify=False)
     monkeypatch.undo()

@@ -18,7 +18,16 @@ from cifar_archive import write_cifar10, write_cifar10_archive
 from hpstudy import augment, cli, data
 from hpstudy.config import RunConfig, make_run_config
 from hpstudy.errors import HpstudyError
-from hpstudy.run import RunDir, Trainer, device_data, evaluate, learning_rate, load_data, train
+from hpstudy.run import (
+    CheckpointWriter,
+    RunDir,
+    Trainer,
+    device_data,
+    evaluate,
+    learning_rate,
+    load_data,
+    train,
+)
 from hpstudy.run import events as run_events
 
 TINY = dict(width=0.125, batch_size=64, device="cpu", limit_train=192, limit_val=64)
@@ -315,14 +324,16 @@ class Stop(Exception):
 
 
 def stop_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    save = RunDir.save_checkpoint
+    """Stop the run once `epoch`'s checkpoint is submitted: leaving train waits for the
+    background write, as it does for any exception."""
+    submit = CheckpointWriter.submit
 
-    def save_then_stop(self, state):
-        save(self, state)
+    def submit_then_stop(self, state):
+        submit(self, state)
         if state["epoch"] == epoch:
             raise Stop
 
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(CheckpointWriter, "submit", submit_then_stop)
 
 
 @pytest.mark.parametrize("options", [{"ema_decay": 0.9, "cutmix_alpha": 1.0},

@@ -193,33 +193,47 @@ def test_bf16_channels_last_step_close_to_fp32(synthetic_root: Path, tmp_path: P
     assert bf16.final["train_loss"] == pytest.approx(fp32.final["train_loss"], rel=0.05)
 
 
-# The run to be killed is `hpstudy train` with one change: at a given batch of a given epoch
-# it writes a file and waits there, so that SIGKILL lands mid-epoch on every machine, however
-# fast, instead of after a guessed sleep.
+# The run to be killed is `hpstudy train` with two changes: at a given batch of a given epoch
+# it writes a marker and waits there, and the background write of its given checkpoint writes
+# half of the temporary file, writes a marker and waits there; so that SIGKILL lands both
+# mid-epoch and mid-write on every machine, however fast, instead of after a guessed sleep.
 PAUSING_TRAIN = """
 import sys, time
 from pathlib import Path
-from hpstudy import cli
+from hpstudy import cli, files
 from hpstudy.run import loop
 
-epoch_at, batch_at, paused = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-batches = loop.batches
+epoch_at, batch_at, write_at, paused = (*map(int, sys.argv[1:4]), Path(sys.argv[4]))
+batches, write_bytes_new = loop.batches, files.write_bytes_new
+checkpoints = 0
 
 
 def batches_pausing(d, config, ex, epoch):
     for i, batch in enumerate(batches(d, config, ex, epoch)):
         if (epoch, i) == (epoch_at, batch_at):  # i steps of this epoch are done
-            paused.write_text("mid-epoch")
+            (paused / "mid-epoch").write_text("")
             time.sleep(600)
         yield batch
 
 
+def write_pausing(tmp, payload):
+    global checkpoints
+    if tmp.name == "checkpoint.pt.tmp":
+        checkpoints += 1
+        if checkpoints == write_at:  # in the writer thread: half the file, then wait
+            write_bytes_new(tmp, payload[: len(payload) // 2])
+            (paused / "mid-write").write_text("")
+            time.sleep(600)
+    write_bytes_new(tmp, payload)
+
+
 loop.batches = batches_pausing
-sys.exit(cli.main(sys.argv[4:]))
+files.write_bytes_new = write_pausing
+sys.exit(cli.main(sys.argv[5:]))
 """
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
+def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_matches_uninterrupted(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     args = [
@@ -246,6 +260,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same kernels in every process
     killed, whole, paused = tmp_path / "killed", tmp_path / "whole", tmp_path / "paused"
+    paused.mkdir()
     # the uninterrupted run starts beside the one to be killed (2 cores, 1 thread each)
     whole_log = tmp_path / "whole.log"
     with open(whole_log, "w") as log:
@@ -255,26 +270,36 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-    # paused at batch 3 of 5 of epoch 2 (0-based 1): epoch 1 is checkpointed, epoch 2 is not
+    # epoch 2's checkpoint stops half written in the background while epoch 3 (0-based 2)
+    # trains on to batch 3 of 5: both markers at once prove that the write does not block
     proc = subprocess.Popen(
-        [sys.executable, "-c", PAUSING_TRAIN, "1", "2", str(paused), *args, "--out", str(killed)],
+        [sys.executable, "-c", PAUSING_TRAIN, "2", "2", "2", str(paused), *args,
+         "--out", str(killed)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
+    markers = (paused / "mid-epoch", paused / "mid-write")
     try:
         deadline = time.monotonic() + 300  # a hang guard, not a measurement
-        while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if all(m.exists() for m in markers):
+                break
             time.sleep(0.05)
-        assert paused.exists(), "the run never reached the middle of epoch 2"
+        assert all(m.exists() for m in markers), "the run never paused mid-epoch and mid-write"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "summary.json").exists(), "run finished before it could be killed"
-    assert [r["epoch"] for r in read_rows(killed)] == ["1"]
+    # what the kill left: epoch 1's checkpoint whole, epoch 2's a partial temporary file, and
+    # metrics.csv one epoch ahead of the checkpoint (the ordering the writer allows)
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert (killed / "checkpoint.pt.tmp").stat().st_size > 0
+    assert [r["epoch"] for r in read_rows(killed)] == ["1", "2"]
     assert run_hpstudy(*args, "--out", str(killed), env=env).returncode == 0
     assert uninterrupted.wait(timeout=300) == 0, whole_log.read_text()
+    assert not (killed / "checkpoint.pt.tmp").exists()
 
     def deterministic(rows: list[dict[str, str]]) -> list[list[str]]:
         return [
@@ -283,9 +308,14 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
 
     assert deterministic(read_rows(killed)) == deterministic(read_rows(whole))
     assert len(read_rows(whole)) == 3
-    a = torch.load(killed / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(whole / "checkpoint.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(killed / "checkpoint.pt", weights_only=True)
+    b = torch.load(whole / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for k, state in b["optimizer"]["state"].items():
+        assert all(torch.equal(a["optimizer"]["state"][k][n], v) for n, v in state.items())
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
 
 
 BAD_CONFIG_VALUES = [

@@ -24,6 +24,8 @@ _WHERE = {
     "load_data": "device_data",
     "data_shape": "device_data",
     "split_of": "device_data",
+    "CheckpointWriter": "checkpoint",
+    "cpu_copy": "checkpoint",
     "evaluate": "evaluate",
     "evaluate_arrays": "evaluate",
     "image_outcomes": "evaluate",

@@ -3,7 +3,7 @@
     config.json          the RunConfig (precision resolved); its hash names the folder
     metrics.csv          one row per finished epoch (METRIC_COLUMNS, + EMA_COLUMNS with an EMA)
     checkpoint.pt        weights (and their EMA), optimizer, RNG state and the rows, written
-                         atomically each epoch
+                         atomically each epoch (by a background thread: hpstudy.run.checkpoint)
     summary.json         a Summary: the outcome, final metrics, every test evaluation
     val_predictions.npy  int16: the final epoch's predicted class per validation image, in the
                          order of the run's validation indices (val_losses.npy: float32 losses)

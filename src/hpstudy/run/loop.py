@@ -36,6 +36,7 @@ from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.models import count_macs, count_parameters
 from hpstudy.progress import bar, style
+from hpstudy.run.checkpoint import CheckpointWriter
 from hpstudy.run.device import Execution, build_model, device_name
 from hpstudy.run.device_data import DeviceData, device_data, load_data
 from hpstudy.run.evaluate import evaluate_arrays
@@ -356,14 +357,17 @@ def train(
     run.write_metrics(rows, ema=trainer.ema is not None)
     summary = None
     try:
-        for hook in listeners:
-            hook.on_start(config, run.path, start_epoch)
-        if 0 < start_epoch < config.epochs and told_to_stop(listeners, start_epoch, rows[-1]):
-            summary = pruned(run, trainer, rows, start_epoch)
-        else:
-            summary = train_epochs(
-                run, trainer, d, rows, start_epoch, show_progress, listeners, label
-            )
+        # leaving this block, by a return or an exception, waits for the checkpoint in flight
+        with CheckpointWriter(run) as checkpoints:
+            for hook in listeners:
+                hook.on_start(config, run.path, start_epoch)
+            if 0 < start_epoch < config.epochs and told_to_stop(listeners, start_epoch, rows[-1]):
+                summary = pruned(run, checkpoints, trainer, rows, start_epoch)
+            else:
+                summary = train_epochs(
+                    run, trainer, d, rows, start_epoch, show_progress, listeners, label,
+                    checkpoints=checkpoints,
+                )  # fmt: skip
         return summary
     finally:
         for hook in listeners:
@@ -384,8 +388,14 @@ def train_epochs(
     show_progress: bool | None,
     hooks: Sequence[RunHook] = (),
     label: str = "",
+    *,
+    checkpoints: CheckpointWriter,
 ) -> Summary:
-    """The epochs from `start_epoch` on: train, validate, checkpoint, log; the run's Summary."""
+    """The epochs from `start_epoch` on: train, validate, checkpoint, log; the run's Summary.
+
+    Each epoch's checkpoint is written in the background (`checkpoints`) while the next
+    epoch trains; metrics.csv is written just after it is submitted, so it may hold one epoch
+    more than checkpoint.pt on disk (a kill then trains that epoch again, identically)."""
     config, ex = trainer.config, trainer.ex
     val: dict[str, Any] | None = None
     for epoch in range(start_epoch, config.epochs):
@@ -396,11 +406,11 @@ def train_epochs(
         train_seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and math.isfinite(train_acc)):
             logger.error(f"{label}: loss is {train_loss} at epoch {epoch + 1}: diverged")
-            return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
+            return finish(run, checkpoints, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         val = trainer.evaluate(d)
         if not (math.isfinite(val["loss"]) and math.isfinite(val["top1"])):
             logger.error(f"{label}: val loss is {val['loss']} at epoch {epoch + 1}: diverged")
-            return finish(run, trainer, rows, RunStatus.DIVERGED, epoch + 1)
+            return finish(run, checkpoints, trainer, rows, RunStatus.DIVERGED, epoch + 1)
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -419,7 +429,7 @@ def train_epochs(
             row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         stop = told_to_stop(hooks, epoch + 1, row) and epoch + 1 < config.epochs
-        run.save_checkpoint(
+        checkpoints.submit(
             {
                 **trainer.state(),
                 "epoch": epoch + 1,
@@ -431,21 +441,31 @@ def train_epochs(
         )
         run.write_metrics(rows)
         if stop:
-            return pruned(run, trainer, rows, epoch + 1)
+            return pruned(run, checkpoints, trainer, rows, epoch + 1)
     if val is None:  # resumed after its final epoch: the same weights give the same outcomes
         val = trainer.evaluate(d)
     run.write_val_predictions(val["predictions"], val["losses"])
-    return finish(run, trainer, rows, RunStatus.FINISHED, config.epochs)
+    return finish(run, checkpoints, trainer, rows, RunStatus.FINISHED, config.epochs)
 
 
-def pruned(run: RunDir, trainer: Trainer, rows: list[MetricRow], epoch: int) -> Summary:
+def pruned(
+    run: RunDir, checkpoints: CheckpointWriter, trainer: Trainer, rows: list[MetricRow], epoch: int
+) -> Summary:
     logger.info(f"{run.name}: pruned after epoch {epoch}/{trainer.config.epochs}")
-    return finish(run, trainer, rows, RunStatus.PRUNED, epoch)
+    return finish(run, checkpoints, trainer, rows, RunStatus.PRUNED, epoch)
 
 
 def finish(
-    run: RunDir, trainer: Trainer, rows: list[MetricRow], status: RunStatus, epochs_done: int
+    run: RunDir,
+    checkpoints: CheckpointWriter,
+    trainer: Trainer,
+    rows: list[MetricRow],
+    status: RunStatus,
+    epochs_done: int,
 ) -> Summary:
+    """summary.json, once the last checkpoint is on disk: a finished run's summary tells test
+    evaluation and export that they may read it."""
+    checkpoints.wait()
     ex = trainer.ex
     summary = Summary(
         status=status,
