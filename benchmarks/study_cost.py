@@ -36,7 +36,8 @@ from _common import (
 from hpstudy.constants import val_size
 from hpstudy.errors import HpstudyError
 from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_data, resolve_device
-from hpstudy.study import BUDGETS, Plan, Speed, epoch_seconds, load_study, study_cost
+from hpstudy.study import BUDGETS, Plan, Speed, load_study, study_cost
+from hpstudy.study.cost import run_seconds
 
 DEFAULTS = {"cpu": (50, 2, 3), "cuda": (300, 30, 10)}  # train steps, warm-up steps, eval batches
 TARGET_HOURS_GPU = 1.5
@@ -112,7 +113,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
             "run_hash": run.run_hash(),
             "seed": run.seed,
             "epochs": run.epochs,
-            "seconds": run.epochs * epoch_seconds(run, speed, *sizes[:2]),
+            "seconds": run_seconds(run, run.epochs, speed, sizes[:2]),
         }
         for run in plan.distinct_runs()
     ]
@@ -164,7 +165,7 @@ def show(r: dict[str, Any]) -> None:
         f"eval    {r['eval_images_per_s']:.1f} img/s at batch {r['eval_batch_size']} "
         f"({m['eval_batches']} batches)"
     )
-    print(f"ckpt    {r['checkpoint_seconds']:.3f} s per epoch")
+    print(f"ckpt    {r['checkpoint_seconds']:.3f} s per write (in the background: costs beyond an epoch)")
     print(
         f"study   {r['study']} ({r['budget']}): {len(r['runs'])} distinct runs, "
         f"{r['epochs']} epochs, test evaluation {r['test_seconds']:.0f} s"

@@ -87,7 +87,8 @@ def test_cost_numbers_are_the_plans(budget: str) -> None:
     assert cost.reused == 9 - len(runs)  # stage 4's "none" is stage 3's winner
     train, val = epoch_images(runs[0], 40_000, 10_000)
     assert (cost.train_images, cost.val_images) == (train, val)
-    by_hand = sum(r.epochs * (train / 100 + val / 400 + 0.5) for r in runs) + 10_000 / 400
+    # a checkpoint is written while the next epoch trains: only the last one is waited for
+    by_hand = sum(r.epochs * (train / 100 + val / 400) + 0.5 for r in runs) + 10_000 / 400
     assert cost.seconds == pytest.approx(by_hand, rel=1e-9)
     if budget == "full":
         assert cost.epochs == 1545 and (train, val) == (40_000, 10_000)
@@ -101,9 +102,9 @@ def test_cost_leaves_out_what_is_done_and_names_cheaper_budgets() -> None:
         plan, 40_000, 10_000, 10_000, SPEED, epochs_done=lambda c: c.epochs if c == first else 0
     )
     assert (done.done_runs, done.done_epochs) == (1, first.epochs)
-    per_epoch = 40_000 / 100 + 10_000 / 400 + 0.5
+    per_epoch = 40_000 / 100 + 10_000 / 400
     assert fresh.seconds is not None and done.seconds is not None
-    assert fresh.seconds - done.seconds == pytest.approx(first.epochs * per_epoch)
+    assert fresh.seconds - done.seconds == pytest.approx(first.epochs * per_epoch + 0.5)
     cheaper = budget_costs(plan, 40_000, 10_000, 10_000, SPEED)
     assert [c.budget for c in cheaper] == ["quick", "smoke"]
     lines = cost_block("seed-report", done, cheaper, SPEED)
@@ -127,7 +128,7 @@ def test_runs_at_once_predict_each_stage_at_the_speed_measured_for_that_many() -
     shared = dataclasses.replace(SPEED, together=2, together_images_per_s=60.0)
     assert shared.train_rate(1) == 100.0 and shared.train_rate(2) == shared.train_rate(9) == 60.0
     sizes = (40_000, 10_000, 10_000)
-    per_epoch = 40_000 / 100 + 10_000 / 400 + 0.5  # one run alone
+    per_epoch = 40_000 / 100 + 10_000 / 400  # one run alone; its last write 0.5 s
     test = 10_000 / 400
 
     def by_hand(rate_of_two: float) -> float:
@@ -135,14 +136,19 @@ def test_runs_at_once_predict_each_stage_at_the_speed_measured_for_that_many() -
         for stage in stages:
             at_once = min(2, len(stage))
             slower = 100.0 / (rate_of_two if at_once == 2 else 100.0)
-            seconds += sum(r.epochs * per_epoch * slower for r in stage) / at_once
+            seconds += sum((r.epochs * per_epoch + 0.5) * slower for r in stage) / at_once
         return seconds
 
     two = study_cost(plan, *sizes, shared, slots=2)
     one = study_cost(plan, *sizes, shared, slots=1)
     assert two.seconds == pytest.approx(by_hand(60.0), rel=1e-9)
     epochs = sum(r.epochs for r in plan.distinct_runs())
-    assert one.seconds == pytest.approx(epochs * per_epoch + test)
+    assert one.seconds == pytest.approx(epochs * per_epoch + 8 * 0.5 + test)
+    # a write longer than an epoch's training and validation costs what it takes beyond them
+    slow = dataclasses.replace(SPEED, checkpoint_seconds=per_epoch + 100.0)
+    assert study_cost(plan, *sizes, slow).seconds == pytest.approx(
+        one.seconds + epochs * 100.0 + 8 * (per_epoch + 99.5)
+    )
     assert two.seconds < one.seconds and (two.at_once, one.at_once) == (2, 1)
     halved = dataclasses.replace(SPEED, together=2, together_images_per_s=50.0)
     assert study_cost(plan, *sizes, halved, slots=2).seconds == pytest.approx(one.seconds)

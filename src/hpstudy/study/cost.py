@@ -130,13 +130,25 @@ def epoch_images(config: RunConfig, train_size: int, val_size: int) -> tuple[int
 def epoch_seconds(
     config: RunConfig, speed: Speed, train_size: int, val_size: int, at_once: int = 1
 ) -> float:
-    """One epoch: training, validation and the checkpoint write, of one of `at_once` runs
-    sharing the device (validation and the write slowed as training is)."""
+    """One epoch: training and validation of one of `at_once` runs sharing the device
+    (validation slowed as training is), and what its checkpoint write takes beyond them:
+    the write runs in the background while the next epoch trains (hpstudy.run.checkpoint),
+    so it costs only where it is the longer (the last one is waited for: `run_seconds`)."""
     train, val = epoch_images(config, train_size, val_size)
     slower = speed.train_images_per_s / speed.train_rate(at_once)
-    return train / speed.train_images_per_s * slower + (
-        val / speed.eval_images_per_s + speed.checkpoint_seconds
-    ) * slower
+    epoch = (train / speed.train_images_per_s + val / speed.eval_images_per_s) * slower
+    return epoch + max(0.0, speed.checkpoint_seconds * slower - epoch)
+
+
+def run_seconds(
+    config: RunConfig, epochs: int, speed: Speed, sizes: tuple[int, int], at_once: int = 1
+) -> float:
+    """`epochs` epochs of a run, and the wait for its last checkpoint write."""
+    if epochs <= 0:
+        return 0.0
+    slower = speed.train_images_per_s / speed.train_rate(at_once)
+    last_write = speed.checkpoint_seconds * slower
+    return epochs * epoch_seconds(config, speed, *sizes, at_once) + last_write
 
 
 def compile_graphs(config: RunConfig, train_size: int) -> int:
@@ -167,7 +179,7 @@ def stage_seconds(
     if not left:
         return 0.0, 0.0
     at_once = min(len(left), max(1, slots))
-    work = sum(epochs * epoch_seconds(run, speed, *sizes, at_once) for run, epochs in left)
+    work = sum(run_seconds(run, epochs, speed, sizes, at_once) for run, epochs in left)
     compiling = 0.0
     if speed.compile_seconds > 0:
         for run, _ in left:
