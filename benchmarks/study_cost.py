@@ -165,7 +165,7 @@ def show(r: dict[str, Any]) -> None:
         f"eval    {r['eval_images_per_s']:.1f} img/s at batch {r['eval_batch_size']} "
         f"({m['eval_batches']} batches)"
     )
-    print(f"ckpt    {r['checkpoint_seconds']:.3f} s per write (in the background: costs beyond an epoch)")
+    print(f"ckpt    {r['checkpoint_seconds']:.3f} s per write (background)")
     print(
         f"study   {r['study']} ({r['budget']}): {len(r['runs'])} distinct runs, "
         f"{r['epochs']} epochs, test evaluation {r['test_seconds']:.0f} s"
