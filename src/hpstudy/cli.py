@@ -51,6 +51,10 @@ def field_help(name: str) -> str:
         text += f" ({', '.join(list_models())})"
     elif typing.get_origin(field.annotation) is typing.Literal:
         text += f" ({', '.join(map(str, typing.get_args(field.annotation)))})"
+    elif choices := literal_choices(typing.get_args(field.annotation)):  # compile: a flag too
+        flag = name.replace("_", "-")
+        text += f" ({', '.join(choices)}; true is {choices[0]}; --{flag} alone: true, "
+        text += f"--no-{flag}: false)"
     default = field.get_default(call_default_factory=True)
     if name == "model_args":
         return f"{text}, as a JSON table: '{{\"depth\": 4}}' (default: none)"
@@ -83,6 +87,11 @@ def option_table() -> str:
     return "\n".join(rows)
 
 
+def literal_choices(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The values of the Literal among a union's members (none: ())."""
+    return next((typing.get_args(a) for a in args if typing.get_origin(a) is typing.Literal), ())
+
+
 def add_run_config_options(p: argparse.ArgumentParser) -> None:
     """One option per RunConfig field, named after it, typed after it, described by it."""
     from hpstudy.config import SOURCE_FIELDS, RunConfig
@@ -98,6 +107,16 @@ def add_run_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(
                 flag, dest=name, type=json_table, default=None, metavar="JSON", help=help_text
             )
+        elif bool in args and (choices := literal_choices(args)):
+            # --compile (true), --compile reduce-overhead (a mode), --no-compile (false)
+            p.add_argument(
+                flag, dest=name, nargs="?", const=True, choices=choices, default=None,
+                metavar="MODE", help=help_text,
+            )  # fmt: skip
+            p.add_argument(
+                "--no-" + flag[2:], dest=name, action="store_const", const=False,
+                help=argparse.SUPPRESS,
+            )  # fmt: skip
         elif kind is bool or (isinstance(kind, types.UnionType) and bool in args):
             p.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
