@@ -19,8 +19,22 @@ from typing import Any
 from hpstudy.errors import HpstudyError
 
 
+class Formatter(argparse.HelpFormatter):
+    """argparse's help, with `--compile [MODE], --no-compile`: the negative flag takes none."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        text = super()._format_action_invocation(action)
+        if isinstance(action, FlagOrChoice):
+            text = text.removesuffix(" " + self._format_args(action, action.dest.upper()))
+        return text
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
@@ -87,6 +101,28 @@ def option_table() -> str:
     return "\n".join(rows)
 
 
+class FlagOrChoice(argparse.Action):
+    """BooleanOptionalAction's pair with an optional value: `--compile` (true), `--compile
+    reduce-overhead` (one of the choices), `--no-compile` (false)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        flag = option_strings[0]
+        super().__init__([flag, "--no-" + flag[2:]], dest, nargs="?", const=True, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not True:
+                parser.error(f"{option_string} takes no value (got {values!r})")
+            values = False
+        setattr(namespace, self.dest, values)
+
+
 def literal_choices(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """The values of the Literal among a union's members (none: ())."""
     return next((typing.get_args(a) for a in args if typing.get_origin(a) is typing.Literal), ())
@@ -108,14 +144,9 @@ def add_run_config_options(p: argparse.ArgumentParser) -> None:
                 flag, dest=name, type=json_table, default=None, metavar="JSON", help=help_text
             )
         elif bool in args and (choices := literal_choices(args)):
-            # --compile (true), --compile reduce-overhead (a mode), --no-compile (false)
             p.add_argument(
-                flag, dest=name, nargs="?", const=True, choices=choices, default=None,
+                flag, dest=name, action=FlagOrChoice, choices=choices, default=None,
                 metavar="MODE", help=help_text,
-            )  # fmt: skip
-            p.add_argument(
-                "--no-" + flag[2:], dest=name, action="store_const", const=False,
-                help=argparse.SUPPRESS,
             )  # fmt: skip
         elif kind is bool or (isinstance(kind, types.UnionType) and bool in args):
             p.add_argument(
