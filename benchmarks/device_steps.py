@@ -220,12 +220,9 @@ def trainer_cell(s: Sizes, d: Any, **choice: Any) -> dict[str, Any]:
 
     bench = choice.pop("cudnn_benchmark", False)
     batch = choice.pop("batch_size", s.batch)
-    mode = choice.pop("compile_mode", None)
     config = RunConfig(width=s.width, batch_size=batch, device=s.device, **choice)
-    trainer = Trainer.create(config)
+    trainer = Trainer.create(config)  # compile: a mode, or false (the eager grid)
     torch.backends.cudnn.benchmark = bench  # after create, which sets the table's choice
-    if mode is not None:  # a mode the config cannot name yet: compiled here, statically
-        trainer.step_model = torch.compile(trainer.model, mode=mode, dynamic=False)
     steps = s.steps * s.batch // batch or 1
     warm = d.head(train=max(1, s.warmup_steps) * batch + batch // 2)  # a partial batch too
     t0 = time.perf_counter()
@@ -261,7 +258,7 @@ def grid(s: Sizes, record: Record) -> None:
             record(name, skipped="fp16 needs CUDA")
             continue
         try:
-            record(name, compile=False, **trainer_cell(s, d, **dict(cell)))
+            record(name, compile=False, **trainer_cell(s, d, compile=False, **dict(cell)))
         except Exception as err:  # a cell that fails is a finding; the next one still runs
             record(name, error=f"{type(err).__name__}: {str(err)[:200]}")
 
@@ -337,8 +334,10 @@ def blank_figure(fig: Any, path: Path) -> Path:
 
 
 def compiled(s: Sizes, record: Record) -> None:
-    """torch.compile (static shapes: the partial batch gets its own graph, once), then with
-    CUDA graphs (mode reduce-overhead); graphs and recompiles counted by dynamo."""
+    """torch.compile (static shapes: the partial batch gets its own graph, once), then a
+    second run of that shape in the same process (it takes the kept compiled model over:
+    its first epoch compiles nothing), then with CUDA graphs (compile = "reduce-overhead");
+    graphs and recompiles counted by dynamo."""
     import torch
     from _common import synthetic_cifar
     from torch._dynamo.utils import counters
@@ -349,18 +348,20 @@ def compiled(s: Sizes, record: Record) -> None:
     p = s.precisions[-1]
     cifar = synthetic_cifar(max(2 * s.steps * s.batch, 4 * s.batch))
     d = device_data(cifar, RunConfig(device=s.device, batch_size=s.batch), torch.device(s.device))
-    for mode in ("default", "reduce-overhead"):
-        torch._dynamo.reset()
-        counters.clear()
+    for mode, again in (("default", False), ("default", True), ("reduce-overhead", False)):
+        if not again:  # the reused cell keeps the graphs of the cell before it
+            torch._dynamo.reset()
+            counters.clear()
+        name = f"compile mode={mode}{' reused' if again else ''}"
         try:
             cell = trainer_cell(s, d, precision=p, channels_last=True, cudnn_benchmark=True,
-                                compile_mode=mode)
+                                compile=mode)
         except Exception as err:
-            record(f"compile mode={mode}", error=f"{type(err).__name__}: {str(err)[:200]}")
+            record(name, error=f"{type(err).__name__}: {str(err)[:200]}")
             continue
         graphs = dict(counters["stats"]).get("unique_graphs")
         recompiles = sum(counters["recompiles"].values())
-        record(f"compile mode={mode} precision={p}", **cell, graphs=graphs, recompiles=recompiles)
+        record(f"{name} precision={p}", **cell, graphs=graphs, recompiles=recompiles)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,13 @@ def real_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("real")
     subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_compiles() -> Iterator[None]:
+    """A compiled model is kept for the process (hpstudy.run.compiled): a test that patched
+    torch.compile must not hand its stand-in to the next test's runs."""
+    yield
+    compiled = sys.modules.get("hpstudy.run.compiled")
+    if compiled is not None:
+        compiled.forget_compiled()

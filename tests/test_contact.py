@@ -469,7 +469,8 @@ def test_readme_option_table_is_the_generated_one() -> None:
 def test_a_bad_field_in_a_study_file_says_what_the_field_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = (("lr", "-1"), ("momentum", "1.5"), ("label_smoothing", '"x"'), ("mixup_alpha", "nan"))
+    bad = (("lr", "-1"), ("momentum", "1.5"), ("label_smoothing", '"x"'), ("mixup_alpha", "nan"),
+           ("compile", '"fast"'))  # fmt: skip
     for key, value in bad:
         study = tmp_path / "bad.toml"
         study.write_text(TWO_RUNS.replace("[base]", f"[base]\n{key} = {value}", 1)
@@ -477,6 +478,13 @@ def test_a_bad_field_in_a_study_file_says_what_the_field_is(
                          .replace("[0.01, 0.05]", "[0.0, 0.1]"))  # fmt: skip
         line = assert_one_line_error(cli(capsys, "study", "show", str(study)))
         assert RunConfig.model_fields[key].description in line, line
+    # every compile value is one field of [base] that leaves every run as it was
+    hashes = set()
+    for value in ("true", "false", '"default"', '"reduce-overhead"', '"max-autotune"'):
+        study = parse_study(TWO_RUNS.replace("[base]", f"[base]\ncompile = {value}", 1), "c")
+        hashes.add(tuple(r.run_hash() for r in Plan(study, "full").distinct_runs()))
+    assert hashes == {tuple(r.run_hash() for r in Plan(parse_study(TWO_RUNS, "c"), "full")
+                                                      .distinct_runs())}  # fmt: skip
 
 
 # ---------------------------------------------------------------- data errors

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from cifar_archive import write_cifar10, write_cifar10_archive
 
 from hpstudy import augment, cli, data
 from hpstudy.config import RunConfig, make_run_config
+from hpstudy.defaults import COMPILE_MODES
 from hpstudy.errors import HpstudyError
 from hpstudy.run import (
     CheckpointWriter,
@@ -29,6 +31,8 @@ from hpstudy.run import (
     train,
 )
 from hpstudy.run import events as run_events
+from hpstudy.run.compiled import forget_compiled
+from hpstudy.run.device import Execution
 
 TINY = dict(width=0.125, batch_size=64, device="cpu", limit_train=192, limit_val=64)
 
@@ -316,7 +320,128 @@ def test_compile_asks_for_static_shapes(monkeypatch: pytest.MonkeyPatch) -> None
     asked: list[dict] = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: asked.append(kw) or model)
     trainer = Trainer.create(RunConfig(**TINY, compile=True))
-    assert asked == [{"dynamic": False}] and trainer.step_model is trainer.model
+    assert asked == [{"dynamic": False, "mode": "default"}]
+    assert trainer.step_model is trainer.model
+
+
+COMPILE_VALUES = [True, False, None, *COMPILE_MODES]
+
+
+def test_compile_values_are_one_field_with_one_run_hash(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hashes = {make_run_config({**TINY, "compile": v}).run_hash() for v in COMPILE_VALUES}
+    assert hashes == {RunConfig(**TINY).run_hash()}
+    modes = [Execution.resolve(RunConfig(**TINY, compile=v)).compile_mode for v in COMPILE_VALUES]
+    assert modes == ["default", None, None, *COMPILE_MODES]  # auto: the cpu row, eager
+    parser = cli.build_parser()
+    given = {"--compile": True, "--no-compile": False,
+             "--compile reduce-overhead": "reduce-overhead",
+             "--compile max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs"}  # fmt: skip
+    for options, value in given.items():
+        assert parser.parse_args(["train", "--out", "x", *options.split()]).compile == value
+    for bad in ("fast", "true", 1, 0.5, ["default"]):
+        with pytest.raises(HpstudyError) as err:
+            make_run_config({"compile": bad})
+        line = str(err.value)
+        assert "\n" not in line and "compile: must be true, false or one of" in line
+        assert all(mode in line for mode in COMPILE_MODES)
+    refused = {"--compile fast": "reduce-overhead", "--no-compile default": "takes no value"}
+    for options, needle in refused.items():
+        with pytest.raises(SystemExit) as exited:  # argparse's refusal, as the command gives it
+            cli.main(["train", "--out", "x", *options.split()])
+        assert exited.value.code != 0
+        err_lines = capsys.readouterr().err.strip().splitlines()
+        assert len(err_lines) == 1 and err_lines[0].startswith("error: ") and needle in err_lines[0]
+    train_help = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    assert "--compile [MODE], --no-compile\n" in train_help.format_help()
+
+
+def test_an_old_summary_with_compile_as_a_bool_still_reads(tmp_path: Path) -> None:
+    for old in (True, False):
+        (tmp_path / "summary.json").write_text(json.dumps(
+            {"status": "finished", "run_hash": "abc", "compile": old}))  # fmt: skip
+        summary = RunDir(tmp_path).read_summary()
+        assert summary is not None and summary.compile is old
+
+
+class Counted(torch.nn.Module):
+    """torch.compile's stand-in: runs the module it wraps, counted where it is made."""
+
+    made: ClassVar[list[dict]] = []
+
+    def __init__(self, model: torch.nn.Module, **options: object) -> None:
+        super().__init__()
+        self.inner = model
+        Counted.made.append(options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@pytest.fixture
+def counted_compile(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    monkeypatch.setattr(Counted, "made", [])
+    monkeypatch.setattr(torch, "compile", Counted)
+    return Counted.made
+
+
+@pytest.mark.parametrize("mode", [*COMPILE_MODES, False])
+def test_cuda_graph_modes_mark_each_step(
+    mode: str | bool, synthetic_root: Path, counted_compile: list[dict],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A CUDA graph's outputs are overwritten by its next replay: reduce-overhead and
+    max-autotune (both replay graphs) mark each compiled step's start, the others do not."""
+    marks: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    config = RunConfig(**{**TINY, "limit_train": 128}, compile=mode)
+    trainer = Trainer.create(config)
+    d = device_data(load_data(synthetic_root, False), config, trainer.ex.device)
+    trainer.train_epoch(d, 0, show=False)
+    assert counted_compile == ([{"dynamic": False, "mode": mode}] if mode else [])
+    assert len(marks) == (2 if mode in ("reduce-overhead", "max-autotune") else 0)
+
+
+def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(
+    synthetic_root: Path, tmp_path: Path, counted_compile: list[dict]
+) -> None:
+    """Runs of one shape in one process compile once; a run that takes the kept compiled model
+    over computes what it computes alone, bit for bit (its weights, optimizer and EMA)."""
+
+    def run(name: str, **change: object) -> tuple[list[dict], dict]:
+        config = RunConfig(**{**TINY, "limit_train": 128, "epochs": 1, "lr": 0.05,
+                              "compile": True, "ema_decay": 0.5, **change})  # fmt: skip
+        train(config, tmp_path / name, root=synthetic_root, verify=False, show_progress=False)
+        rows = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+                for row in RunDir(tmp_path / name).read_metrics()]  # fmt: skip
+        return rows, torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+
+    run("first", seed=0)
+    after_first, ckpt = run("second", seed=1, batch_size=32)  # a new batch: the same model
+    assert len(counted_compile) == 1
+    forget_compiled()
+    alone, alone_ckpt = run("alone", seed=1, batch_size=32)
+    assert len(counted_compile) == 2
+    assert after_first == alone and len(alone) == 1
+    for part in ("model", "ema"):
+        assert ckpt[part].keys() == alone_ckpt[part].keys()
+        assert all(torch.equal(ckpt[part][k], alone_ckpt[part][k]) for k in ckpt[part]), part
+    for k, state in alone_ckpt["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(ckpt["optimizer"]["state"][k][name], value), (k, name)
+    run("wider", seed=1, width=0.25)  # another shape: compiled again
+    assert len(counted_compile) == 3
+
+
+def test_a_compiled_model_in_use_is_not_taken_over(counted_compile: list[dict]) -> None:
+    config = RunConfig(**TINY, compile=True)
+    first = Trainer.create(config)
+    second = Trainer.create(config)  # the first still trains its model: a compile of its own
+    assert len(counted_compile) == 2 and second.model is not first.model
+    del first, second
+    third = Trainer.create(config)
+    assert len(counted_compile) == 2 and third.step_model.inner is third.model
 
 
 class Stop(Exception):

@@ -9,19 +9,22 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from cli_helpers import assert_one_line_error
 from study_fixtures import as_in_a_test, cli
+from worker_pids import CountedCompile, who_trained
 
 from hpstudy import cli as hpstudy_cli
 from hpstudy.config import RunConfig
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions, Job
 from hpstudy.executors.local import LocalExecutor
-from hpstudy.run import RunDir
+from hpstudy.run import HookSpec, RunDir
 from hpstudy.study import Plan, load_study, run_study
 
 # one batch per epoch: these tests check the rules of a study, not what its runs learn
@@ -192,6 +195,64 @@ def test_a_dying_worker_fails_its_own_run_and_no_other(
     assert len(outcomes) == 3
     assert [o[0] for o in outcomes] == ["failed", "finished", "finished"]
     assert outcomes[0][1].startswith("worker process died (exit code -9)")
+
+
+def worker_jobs(folder: Path, seeds: list[int], hooks: Any, **change: Any) -> list[Job]:
+    """Tiny runs (one epoch of two steps), compiled: a stand-in's compile where they train."""
+    configs = [RunConfig(width=0.125, batch_size=64, limit_train=128, limit_val=64, epochs=1,
+                         device="cpu", compile=True, seed=seed, **change)
+               for seed in seeds]  # fmt: skip
+    return [Job(c, folder / f"seed{c.seed}", f"seed {c.seed}", hooks) for c in configs]
+
+
+def numbers(run_dir: Path) -> list[dict[str, Any]]:
+    rows = RunDir(run_dir).read_metrics()
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
+
+def test_two_workers_run_four_jobs_in_two_processes_compiling_once_each(
+    tmp_path: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process lives for many runs: it compiles its model once and reuses it for
+    the runs of the same shape it is handed, and the results are the sequential ones."""
+    options = DataOptions(str(synthetic_root), False)
+    jobs = worker_jobs(tmp_path / "workers", [0, 1, 2, 3], (HookSpec("worker_pids:WhoTrains"),))
+    pulled: list[int] = []
+
+    def lazily() -> Iterator[Job]:  # each job is pulled only when a worker is free for it
+        for job in jobs:
+            pulled.append(len([j for j in jobs if (j.run_dir / "summary.json").exists()]))
+            yield job
+
+    LocalExecutor(options, workers=["cpu", "cpu"]).run(lazily())
+    assert pulled[:2] == [0, 0] and all(n >= 1 for n in pulled[2:])
+    seen = [who_trained(job.run_dir) for job in jobs]
+    pids = {s["pid"] for s in seen}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert [s["compiled"] for s in seen] == [1, 1, 1, 1]  # each process compiled once
+    monkeypatch.setattr(torch, "compile", CountedCompile)
+    alone = worker_jobs(tmp_path / "alone", [0, 1, 2, 3], ())
+    LocalExecutor(options).run(alone)
+    for job, sequential in zip(jobs, alone, strict=True):
+        assert RunDir(job.run_dir).read_summary().status == "finished"  # type: ignore[union-attr]
+        assert numbers(job.run_dir) == numbers(sequential.run_dir), job.label
+
+
+def test_a_failed_run_retires_its_worker_and_the_next_run_gets_a_fresh_one(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    """A run that ends failed may leave its process unusable (a CUDA error poisons the
+    context): its worker ends, and the slot's next run starts in a new process."""
+    ok, failing = (HookSpec("worker_pids:WhoTrains"),), (HookSpec("worker_pids:WhoTrains",
+                                                                   {"fail": True}),)  # fmt: skip
+    jobs = [*worker_jobs(tmp_path, [0], ok), *worker_jobs(tmp_path, [1], failing),
+            *worker_jobs(tmp_path, [2], ok)]  # fmt: skip
+    LocalExecutor(DataOptions(str(synthetic_root), False), workers=["cpu"]).run(jobs)
+    statuses = [RunDir(j.run_dir).read_summary().status for j in jobs]  # type: ignore[union-attr]
+    assert statuses == ["finished", "failed", "finished"]
+    first, failed, last = (who_trained(j.run_dir) for j in jobs)
+    assert first["pid"] == failed["pid"] != last["pid"]
+    assert (failed["compiled"], last["compiled"]) == (1, 1)  # reused, then a fresh process
 
 
 # ---------------------------------------------------------------- identity of a study folder

@@ -19,8 +19,22 @@ from typing import Any
 from hpstudy.errors import HpstudyError
 
 
+class Formatter(argparse.HelpFormatter):
+    """argparse's help, with `--compile [MODE], --no-compile`: the negative flag takes none."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        text = super()._format_action_invocation(action)
+        if isinstance(action, FlagOrChoice):
+            text = text.removesuffix(" " + self._format_args(action, action.dest.upper()))
+        return text
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
@@ -51,6 +65,10 @@ def field_help(name: str) -> str:
         text += f" ({', '.join(list_models())})"
     elif typing.get_origin(field.annotation) is typing.Literal:
         text += f" ({', '.join(map(str, typing.get_args(field.annotation)))})"
+    elif choices := literal_choices(typing.get_args(field.annotation)):  # compile: a flag too
+        flag = name.replace("_", "-")
+        text += f" ({', '.join(choices)}; true is {choices[0]}; --{flag} alone: true, "
+        text += f"--no-{flag}: false)"
     default = field.get_default(call_default_factory=True)
     if name == "model_args":
         return f"{text}, as a JSON table: '{{\"depth\": 4}}' (default: none)"
@@ -83,6 +101,33 @@ def option_table() -> str:
     return "\n".join(rows)
 
 
+class FlagOrChoice(argparse.Action):
+    """BooleanOptionalAction's pair with an optional value: `--compile` (true), `--compile
+    reduce-overhead` (one of the choices), `--no-compile` (false)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        flag = option_strings[0]
+        super().__init__([flag, "--no-" + flag[2:]], dest, nargs="?", const=True, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not True:
+                parser.error(f"{option_string} takes no value (got {values!r})")
+            values = False
+        setattr(namespace, self.dest, values)
+
+
+def literal_choices(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The values of the Literal among a union's members (none: ())."""
+    return next((typing.get_args(a) for a in args if typing.get_origin(a) is typing.Literal), ())
+
+
 def add_run_config_options(p: argparse.ArgumentParser) -> None:
     """One option per RunConfig field, named after it, typed after it, described by it."""
     from hpstudy.config import SOURCE_FIELDS, RunConfig
@@ -98,6 +143,11 @@ def add_run_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(
                 flag, dest=name, type=json_table, default=None, metavar="JSON", help=help_text
             )
+        elif bool in args and (choices := literal_choices(args)):
+            p.add_argument(
+                flag, dest=name, action=FlagOrChoice, choices=choices, default=None,
+                metavar="MODE", help=help_text,
+            )  # fmt: skip
         elif kind is bool or (isinstance(kind, types.UnionType) and bool in args):
             p.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text

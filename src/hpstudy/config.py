@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hpstudy.defaults import auto_row
+from hpstudy.defaults import COMPILE_MODES, CompileMode, auto_row
 from hpstudy.files import parse_model
 
 # Fields that change where or how fast a run executes, not what it computes.
@@ -121,7 +121,11 @@ class RunConfig(BaseModel):
         "auto", description="autocast precision; auto: fp32 on CPU, bf16 on CUDA"
     )
     channels_last: bool | None = Field(None, description="channels_last memory layout")
-    compile: bool | None = Field(None, description="torch.compile the model")
+    compile: bool | CompileMode | None = Field(
+        None,
+        description="torch.compile the model: true, false or a mode (reduce-overhead and "
+        "max-autotune replay CUDA graphs)",
+    )
     eval_batch_size: int | None = Field(
         None, ge=1, description="evaluation batch; auto: 256 on CPU, 1024 on CUDA"
     )
@@ -166,6 +170,15 @@ class RunConfig(BaseModel):
                 found = dataset_fingerprint(dataset)
                 raw["data_source"] = None if found is None else f"{dataset} {found}"
         return raw
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_value(cls, value: Any) -> Any:
+        """One line naming every allowed value, not pydantic's error per member of the union."""
+        if value is None or isinstance(value, bool) or value in COMPILE_MODES:
+            return value
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"must be true, false or one of {', '.join(COMPILE_MODES)} (got {shown})")
 
     @field_validator("model_args")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,18 @@ from hpstudy.files import read_model
 SHIPPED = Path(__file__).with_name("auto_defaults.json")
 ENV = "HPSTUDY_AUTO_DEFAULTS"
 DEVICE_TYPES = ("cpu", "cuda")
+# torch.compile's modes (torch._inductor.list_mode_options()); `compile = true` is "default"
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+# the modes that replay CUDA graphs: a step's outputs are overwritten by the next replay
+CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
+
+
+def compile_mode(value: bool | str | None) -> str | None:
+    """A `compile` value (true, false or a mode) as the mode torch.compile gets; None: eager."""
+    if value is None or value is False:
+        return None
+    return "default" if value is True else value
 
 
 class AutoRow(BaseModel):
@@ -29,7 +41,7 @@ class AutoRow(BaseModel):
 
     precision: Literal["fp32", "bf16", "fp16"]
     channels_last: bool
-    compile: bool
+    compile: bool | CompileMode  # true: mode default
     eval_batch_size: int = Field(ge=1, le=1 << 20)
     runs_per_device: int = Field(ge=1, le=64)
     # cuDNN times its algorithms for each new input shape and keeps the fastest (CUDA only:

@@ -2,18 +2,25 @@
 device name per worker (`cuda:0` twice: two runs share one GPU; `cpu` twice: two CPU
 workers that share the cores).
 
-Each job gets its own worker process, so a process that dies (killed, out of
-memory) fails its own run and no other: the others go on, and the next
-`study run` retries it from its checkpoint. A worker whose driver is gone (a
-`study run` killed with SIGKILL, which no handler sees) stops within a second, so
-that the next `study run` never resumes a run that an orphan still writes.
+Each worker slot has one long-lived process that is handed jobs one at a time over a pipe
+and says when each ends, so a process compiles its model once and reuses it for every run
+of the same shape it is given (hpstudy.run.compiled). A process that dies (killed, out of
+memory) fails its own run and no other: the others go on, its slot gets a fresh process,
+and the next `study run` retries the run from its checkpoint. A run that ends failed
+retires its process too (a CUDA error poisons the process's context): the slot's next run
+starts in a fresh one. A worker whose driver is gone (a `study run` killed with SIGKILL,
+which no handler sees) stops within a second, so that the next `study run` never resumes a
+run that an orphan still writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import multiprocessing
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,11 +33,12 @@ from hpstudy.progress import log_in_worker, worker_log_level
 
 T = TypeVar("T")
 MAX_WORKERS = 256  # worker processes on one machine; more is a typo, not a plan
+FAILED = "failed"  # RunStatus.FAILED (hpstudy.run.folder imports torch; the driver need not)
 logger = logging.getLogger(__name__)
 
 
 def worker_main(
-    job: Job,
+    jobs: Any,
     options: DataOptions,
     device: str,
     threads: int,
@@ -38,8 +46,21 @@ def worker_main(
     place: tuple[str, dict[str, str]] | None = None,
     driver: int | None = None,
 ) -> None:
+    """A worker process: run each job received on the connection `jobs`, answering with
+    its status, until the driver closes it (or sends None). A run that ends failed ends
+    the process after its answer: a failed CUDA run can leave the context unusable."""
     enter_worker(device, threads, log_level, place, driver)
-    run_job(job, options, device=device)
+    while True:
+        try:
+            job = jobs.recv()
+        except EOFError:  # the driver is done with this worker
+            return
+        if job is None:
+            return
+        summary = run_job(job, options, device=device)
+        jobs.send(str(summary.status))
+        if summary.status == FAILED:
+            return
 
 
 def call_main(
@@ -125,7 +146,7 @@ def running(pid: int) -> bool:
 
 class LocalExecutor(ExecutorBase):
     """`workers=None`: sequential, here. `workers=["cuda:0", "cuda:0", "cuda:1"]`: a process
-    per job, as many at once as there are workers, each on its worker's device."""
+    per worker, each on its worker's device, handed one job at a time."""
 
     summary = "this machine"
     reuses_compiled = True  # in this process, or in a worker that trains run after run
@@ -215,7 +236,7 @@ class LocalExecutor(ExecutorBase):
                 process.start()
                 reply.close()  # the child's end: its exit is then an EOF here
                 calls.append((process, receive))
-            answers = [answer(process, receive, fn.__name__) for process, receive in calls]
+            answers = [call_answer(process, receive, fn.__name__) for process, receive in calls]
         finally:  # interrupted, or one failed: the others go too
             for process, receive in calls:
                 receive.close()
@@ -234,34 +255,40 @@ class LocalExecutor(ExecutorBase):
             for job in jobs:
                 run_job(job, self.options, device=self.device)
             return
-        ctx = worker_context()
-        free = list(self.workers)
-        # the next job is pulled only when a worker is free: its maker may wait on results
-        pending = iter(jobs)
-        running: dict[Any, tuple[Any, Job, str]] = {}
+        start = functools.partial(self.start_worker, worker_context())
+        slots = [Slot(device, start) for device in self.workers]
         try:
+            # the next job is pulled only when a worker is free: its maker may wait on results
+            pending = iter(jobs)
             while True:
-                while free and (job := next(pending, None)) is not None:
-                    device = free.pop(0)
-                    args = (job, self.options, *self.setting(device))
-                    process = ctx.Process(target=worker_main, args=args, daemon=True)
-                    process.start()
-                    running[process.sentinel] = (process, job, device)
-                if not running:
-                    return
-                for sentinel in wait(list(running)):
-                    process, job, device = running.pop(sentinel)
-                    process.join()
-                    free.append(device)
-                    if process.exitcode != 0 and not job_done(job):
-                        record_failure(job, f"worker process died (exit code {process.exitcode})")
-        finally:
-            for process, _, _ in running.values():  # interrupted: stop the others too
-                process.terminate()
-                process.join()
+                for slot in slots:
+                    if slot.job is None and (job := next(pending, None)) is not None:
+                        slot.give(job)
+                busy = [slot for slot in slots if slot.job is not None]
+                if not busy:
+                    break
+                ready = set(wait([w for slot in busy for w in slot.waitables()]))
+                for slot in busy:
+                    if ready.intersection(slot.waitables()):
+                        slot.settle()
+        except BaseException:  # interrupted: every worker stops now, its run mid-epoch
+            for slot in slots:
+                slot.stop(now=True)
+            raise
+        for slot in slots:  # done: each idle worker is told so and ends
+            slot.stop(now=False)
+
+    def start_worker(self, ctx: Any, device: str) -> tuple[Any, Any]:
+        """A worker process on `device` and the driver's end of its pipe."""
+        mine, theirs = ctx.Pipe(duplex=True)
+        args = (theirs, self.options, *self.setting(device))
+        process = ctx.Process(target=worker_main, args=args, daemon=True)
+        process.start()
+        theirs.close()  # the worker's end, now in the worker: its exit is then an EOF here
+        return process, mine
 
 
-def answer(process: Any, receive: Any, name: str) -> tuple[str, Any]:
+def call_answer(process: Any, receive: Any, name: str) -> tuple[str, Any]:
     """What a `call_main` process sent back; a one-line error where it died first."""
     try:
         return receive.recv()  # type: ignore[no-any-return]
@@ -272,8 +299,76 @@ def answer(process: Any, receive: Any, name: str) -> tuple[str, Any]:
         ) from None
 
 
-# what a job's process imports before it trains: loaded once by the fork server
-WORKER_PRELOAD = ["torch", "hpstudy.run.loop", "hpstudy.executors.local"]
+RETIRE_WAIT = 30.0  # seconds a retiring worker gets to end on its own before it is killed
+
+
+class Slot:
+    """One worker of a LocalExecutor: its device, its process (started when a job needs one;
+    None again once it died or retired) and the job it runs (None: free)."""
+
+    def __init__(self, device: str, start: Callable[[str], tuple[Any, Any]]) -> None:
+        self.device = device
+        self.start = start
+        self.process: Any = None
+        self.connection: Any = None
+        self.job: Job | None = None
+
+    def waitables(self) -> tuple[Any, Any]:
+        return self.connection, self.process.sentinel
+
+    def give(self, job: Job) -> None:
+        if self.process is not None and not self.process.is_alive():
+            self.retire()  # ended while idle: its slot gets a fresh process
+        if self.process is None:
+            self.process, self.connection = self.start(self.device)
+        self.job = job
+        with contextlib.suppress(OSError):  # it died at this moment: `settle` hears it
+            self.connection.send(job)
+
+    def settle(self) -> None:
+        """The running job's end: the worker's answer, or its process's death (the job's
+        failure, unless its run folder says it was done)."""
+        job, self.job = self.job, None
+        assert job is not None
+        status = self.answer()
+        if status is None:  # ended without an answer: killed, out of memory, a crash
+            code = self.retire()
+            if not job_done(job):
+                record_failure(job, f"worker process died (exit code {code})")
+        elif status == FAILED:  # the worker ends itself after a failed run
+            self.retire()
+
+    def answer(self) -> str | None:
+        try:
+            return self.connection.recv() if self.connection.poll() else None  # type: ignore[no-any-return]
+        except (EOFError, OSError, pickle.UnpicklingError):
+            return None
+
+    def retire(self) -> int | None:
+        """Close the pipe and wait for the process to end (killed if it does not within
+        RETIRE_WAIT); its exit code. The slot starts a fresh process for its next job."""
+        self.connection.close()
+        self.process.join(RETIRE_WAIT)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        code: int | None = self.process.exitcode
+        self.process = self.connection = None
+        return code
+
+    def stop(self, now: bool) -> None:
+        """End the worker: at once (terminated, mid-run), or once it sees its pipe closed."""
+        if self.process is None:
+            return
+        if now:
+            self.process.terminate()
+        self.retire()
+
+
+# what a worker process imports before it trains: loaded once by the fork server. The first
+# optimizer a process builds imports torch._dynamo (2.5 s here, more under load; it starts
+# no thread, so the server may fork after it): paid once, not once per worker
+WORKER_PRELOAD = ["torch", "torch._dynamo", "hpstudy.run.loop", "hpstudy.executors.local"]
 
 
 def worker_context() -> Any:

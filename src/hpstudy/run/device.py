@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hpstudy.config import RunConfig
-from hpstudy.defaults import auto_row
+from hpstudy.defaults import CUDA_GRAPH_MODES, auto_row, compile_mode
 from hpstudy.errors import HpstudyError
 from hpstudy.models import check_output, create_model
 from hpstudy.models.registry import BUILTIN
@@ -51,7 +51,7 @@ class Execution:
     device: torch.device
     precision: str  # fp32 (no autocast), bf16 or fp16
     channels_last: bool
-    compile: bool
+    compile_mode: str | None  # torch.compile's ("default", "reduce-overhead", ...); None: eager
     eval_batch_size: int
     cudnn_benchmark: bool = False  # the `auto` table's choice; only a CUDA device has cuDNN
 
@@ -65,10 +65,21 @@ class Execution:
         # `auto` (None) is the device type's row of the measured table (hpstudy.defaults)
         row = auto_row(device.type)
         channels_last = row.channels_last if config.channels_last is None else config.channels_last
-        compile_model = row.compile if config.compile is None else config.compile
+        mode = compile_mode(row.compile if config.compile is None else config.compile)
         eval_batch = config.eval_batch_size or row.eval_batch_size
         benchmark = cuda and row.cudnn_benchmark
-        return cls(device, precision, channels_last, compile_model, eval_batch, benchmark)
+        return cls(device, precision, channels_last, mode, eval_batch, benchmark)
+
+    @property
+    def compile(self) -> bool:
+        """Whether the model is compiled (in any mode)."""
+        return self.compile_mode is not None
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled step replays CUDA graphs (reduce-overhead, max-autotune): its
+        outputs live in a pool that the next replay overwrites."""
+        return self.compile_mode in CUDA_GRAPH_MODES
 
     @property
     def dtype(self) -> torch.dtype:

@@ -111,7 +111,7 @@ class Summary(BaseModel):
     device_name: str | None = None
     precision: str | None = None
     channels_last: bool | None = None
-    compile: bool | None = None
+    compile: bool | str | None = None  # the mode, or false; true in older summaries
     torch: str | None = None
     hpstudy: str | None = None
     test_evaluations: list[Evaluation] = []

@@ -37,8 +37,9 @@ from hpstudy.errors import HpstudyError
 from hpstudy.models import count_macs, count_parameters
 from hpstudy.progress import bar, style
 from hpstudy.run.checkpoint import CheckpointWriter
+from hpstudy.run.compiled import claim, compile_key, compile_model
 from hpstudy.run.device import Execution, build_model, device_name
-from hpstudy.run.device_data import DeviceData, device_data, load_data
+from hpstudy.run.device_data import DeviceData, data_shape, device_data, load_data
 from hpstudy.run.evaluate import evaluate_arrays
 from hpstudy.run.folder import MetricRow, RunDir, RunStatus, Summary, metric_columns
 from hpstudy.run.hooks import HookSpec, RunHook, default_hooks, resolve_hooks
@@ -212,13 +213,20 @@ class Trainer:
     ) -> Trainer:
         """`shape`: (classes, image shape) of the data (default: the config's dataset's)."""
         ex = ex or Execution.resolve(config)
-        model = build_model(config, ex, shape)
-        # static shapes: the partial last batch gets a graph of its own, once, instead of a
-        # recompile to dynamic shapes whose kernels are slower for every full batch
-        step_model: nn.Module = torch.compile(model, dynamic=False) if ex.compile else model  # type: ignore[assignment]
+        classes, image_shape = data_shape(config) if shape is None else shape
+        model = build_model(config, ex, (classes, image_shape))
+        step_model, compiled = model, None
+        if ex.compile_mode is not None:  # a kept compiled model of this shape, or a new one
+            key = compile_key(config, ex, classes, image_shape)
+            compiled = compile_model(model, key, ex.compile_mode)
+            model, step_model = compiled.module, compiled.step_model
+        # the optimizer and the EMA follow the parameters that the compiled step trains
         optimizer = make_optimizer(config, model, fused=ex.precision == "fp16")
         scaler = torch.amp.GradScaler(ex.device.type) if ex.precision == "fp16" else None
-        return cls(config, ex, model, step_model, optimizer, scaler, make_ema(config, model))
+        trainer = cls(config, ex, model, step_model, optimizer, scaler, make_ema(config, model))
+        if compiled is not None:
+            claim(compiled, trainer)
+        return trainer
 
     @property
     def selected_model(self) -> nn.Module:
@@ -250,6 +258,8 @@ class Trainer:
             for step, b in enumerate(batches(d, config, ex, epoch)):
                 if config.lr_per_step:
                     self.set_lr(epoch, step, steps)
+                if ex.cuda_graphs:  # the last step's graph outputs may be overwritten now
+                    torch.compiler.cudagraph_mark_step_begin()
                 with ex.autocast():
                     logits = self.step_model(b.x).float()
                 loss = F.cross_entropy(logits, b.y, label_smoothing=smoothing)
@@ -479,7 +489,7 @@ def finish(
         device_name=device_name(ex.device),
         precision=ex.precision,
         channels_last=ex.channels_last,
-        compile=ex.compile,
+        compile=ex.compile_mode or False,
         torch=torch.__version__,
         hpstudy=__version__,
     )

@@ -351,11 +351,18 @@ def cache_path() -> Path:
     return Path(folder) / "speed.json"
 
 
+def compiled_name(mode: str | None) -> str:
+    """eager, compile (mode default: the key written before modes existed) or compile MODE."""
+    if mode is None:
+        return "eager"
+    return "compile" if mode == "default" else f"compile {mode}"
+
+
 def speed_key(config: RunConfig, ex: Execution) -> str:
     return (
         f"{device_name(ex.device)}|{config.model}|width {config.width:g}|batch {config.batch_size}"
         f"|{ex.precision}|{'channels_last' if ex.channels_last else 'nchw'}"
-        f"|{'compile' if ex.compile else 'eager'}|eval {ex.eval_batch_size}"
+        f"|{compiled_name(ex.compile_mode)}|eval {ex.eval_batch_size}"
         f"|torch {torch.__version__}"
     ) + "".join(  # the user's model or data: its own speed (CIFAR's keys stay as they were)
         f"|{part}"
