@@ -36,8 +36,7 @@ from _common import (
 from hpstudy.constants import val_size
 from hpstudy.errors import HpstudyError
 from hpstudy.run import DeviceData, Execution, RunDir, Trainer, device_data, resolve_device
-from hpstudy.study import BUDGETS, Plan, Speed, load_study, study_cost
-from hpstudy.study.cost import run_seconds
+from hpstudy.study import BUDGETS, Plan, Speed, load_study, run_seconds, study_cost
 
 DEFAULTS = {"cpu": (50, 2, 3), "cuda": (300, 30, 10)}  # train steps, warm-up steps, eval batches
 TARGET_HOURS_GPU = 1.5

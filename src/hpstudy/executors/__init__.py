@@ -88,11 +88,11 @@ class Executor(Protocol):
         no data and no GPU. `fn` and `args` must pickle (top-level functions, plain data);
         its one-line errors (HpstudyError) come back as they are."""
 
-    def slots(self) -> int:
+    def runs_at_once(self) -> int:
         """How many runs train at once at most (the cost block's concurrency)."""
 
     def call_at_once(self, fn: Callable[..., T], *args: Any) -> list[T]:
-        """`fn(*args, DEVICE)` in each of `slots()` places at the same moment, as that many
+        """`fn(*args, DEVICE)` in each of `runs_at_once()` places at the same moment, as that many
         runs would train (how fast each run goes while the others share its device)."""
 
     def close(self) -> None:
@@ -154,7 +154,7 @@ class ExecutorBase:
 
         return resolve_device(self.device or "auto").type
 
-    def slots(self) -> int:
+    def runs_at_once(self) -> int:
         """One run at a time, unless the executor says otherwise: the cost block then adds
         the runs' times up."""
         return 1

@@ -214,7 +214,7 @@ class LocalExecutor(ExecutorBase):
             return fn(*args, self.device)
         return self.call_in(self.workers[:1], fn, args)[0]
 
-    def slots(self) -> int:
+    def runs_at_once(self) -> int:
         return len(self.workers or [None])
 
     def call_at_once(self, fn: Callable[..., T], *args: Any) -> list[T]:

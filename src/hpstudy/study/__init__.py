@@ -21,6 +21,7 @@ _WHERE = {
     "epoch_images": "cost",
     "epoch_seconds": "cost",
     "measure_speed": "cost",
+    "run_seconds": "cost",
     "study_cost": "cost",
     "BUDGETS": "budget",
     "budget_epochs": "budget",

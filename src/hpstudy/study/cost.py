@@ -11,7 +11,7 @@ second `study run` on the same machine starts at once; a cached reading taken un
 load above the core count, older than MAX_AGE_DAYS, or by another hpstudy or torch is
 measured again, and `study run --remeasure` always measures.
 
-Runs that train at once (`--runs-per-device 2`: the executor's `slots`) share their
+Runs that train at once (`--runs-per-device 2`: the executor's `runs_at_once`) share their
 device, so each goes slower than one alone: where there are several slots, each run's
 speed while all of them train is measured too, in that many worker processes at the same
 moment (`measure_together`), and a stage of n runs is predicted at min(n, slots) at once,
@@ -656,6 +656,7 @@ __all__ = [
     "measure_together",
     "pruned_first_seed",
     "resumed_plan",
+    "run_seconds",
     "speed_note",
     "speed_together",
     "study_cost",

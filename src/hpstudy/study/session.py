@@ -116,9 +116,8 @@ class StudySession:
             remote.opening, self.data, split_seed, base.dataset, measured, self.remeasure
         )
         # runs that share a device go slower each: measured with as many at once as train
-        speed = speed_together(
-            self.executor.call_at_once, self.executor.slots(), measured, speed, self.remeasure
-        )
+        slots = self.executor.runs_at_once()
+        speed = speed_together(self.executor.call_at_once, slots, measured, speed, self.remeasure)
         cost = self.cost = self.announce_cost(summary, speed)
         # the folder is made only once the data is there (no half-claimed folder), and
         # written by this process alone from study.json to the report
@@ -165,7 +164,8 @@ class StudySession:
         # a resumed study: the trials and winners its stages have, not the plan's stand-ins
         tried, chosen = resumed_plan(self.folder)
         export = self.export and can_export()
-        at_once = {"slots": self.executor.slots(), "reuses_compiled": self.executor.reuses_compiled}
+        executor = self.executor
+        at_once = {"slots": executor.runs_at_once(), "reuses_compiled": executor.reuses_compiled}
         cost = study_cost(
             self.plan, *sizes, speed, epochs_done=lambda config: epochs_in(self.folder, config),
             tried=tried, chosen=chosen, stopped=pruned_first_seed(self.folder, self.plan),
