@@ -22,6 +22,7 @@ from study_fixtures import as_in_a_test, lean_command, stage_finals
 
 import hpstudy
 import hpstudy.study.kinds as kinds_module
+import hpstudy.study.session as session
 from hpstudy import cli
 from hpstudy.errors import HpstudyError
 from hpstudy.executors import DataOptions
@@ -231,8 +232,16 @@ def mixed(
         seen.append(status_text(out))  # `study status` while the study runs
         run(self, jobs)
 
+    block = session.cost_block
+
+    def keep_cost_block(*args: Any) -> list[str]:  # what the study printed it would cost
+        lines = block(*args)
+        (path.parent / "cost.txt").write_text("\n".join(lines))
+        return lines
+
     with as_in_a_test(speed_cache), pytest.MonkeyPatch.context() as patch:
         patch.setattr(LocalExecutor, "run", look_then_run)
+        patch.setattr(session, "cost_block", keep_cost_block)
         argv = ["study", "run", str(path), "--out", str(out), "--root", str(synthetic_root)]
         assert cli.main([*argv, *MIXED_ARGS]) == 0
     return path, out, seen
@@ -270,6 +279,9 @@ def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
     cache = json.loads((speed_cache / "speed.json").read_text())
     ((key, together),) = [(k, v) for k, v in cache.items() if "|together 2|" in k]
     assert key.startswith("cpu (") and together["train_images_per_s"] > 0
+    rate = round(together["train_images_per_s"])
+    cost = (finished.parent / "cost.txt").read_text()
+    assert f"up to 2 runs at once: each trains at {rate} img/s then" in cost
 
     # a folder from before study.json kept the study: its identity rebuilds the plan
     record = json.loads((out / "study.json").read_text())
