@@ -627,7 +627,7 @@ def cost_block(name: str, cost: StudyCost, cheaper: list[StudyCost], speed: Spee
         lines.append(
             f"  up to {cost.at_once} runs at once: each trains at "
             f"{speed.train_rate(cost.at_once):.0f} img/s then (measured with "
-            f"{speed.together} at once), a stage of fewer runs at fewer"
+            f"{speed.together} at once); a stage with fewer runs trains fewer at once"
         )
     if cost.compile_seconds > 0:
         lines.append(
