@@ -230,6 +230,10 @@ def test_speed_is_measured_once_and_a_bad_cache_is_ignored(
     ]
     assert [cached_speed(g) for g in stale] == [None] * len(stale)
     assert cached_speed({**entry, "load": float(cores)}) is not None
+    # a compile time that is no duration is read as none, never as a negative or NaN one
+    for odd in (-1.0, math.nan, "slow", None):
+        assert cached_speed({**entry, "compile_seconds": odd}).compile_seconds == 0.0  # type: ignore[union-attr]
+    assert cached_speed({**entry, "compile_seconds": 42}).compile_seconds == 42.0  # type: ignore[union-attr]
     cache.write_text("{not json")  # a broken cache is measured over, never an error
     assert measure_speed(config).measured_now
     assert cached_speed(json.loads(cache.read_text())[key]) is not None
