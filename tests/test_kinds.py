@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,12 +277,13 @@ def test_every_built_in_kind_runs_on_cpu_workers_and_status_works_while_it_runs(
     assert "mixed (full): finished" in shown and "trial 0" in shown
     # two runs at once were timed in both workers together (else the study stops waiting)
     # before the cost block predicted the stages with them
+    # (other studies on two workers in this test process may have left readings of theirs)
     cache = json.loads((speed_cache / "speed.json").read_text())
-    ((key, together),) = [(k, v) for k, v in cache.items() if "|together 2|" in k]
-    assert key.startswith("cpu (") and together["train_images_per_s"] > 0
-    rate = round(together["train_images_per_s"])
+    together = [v for k, v in cache.items() if "|together 2|" in k and k.startswith("cpu (")]
+    rates = {round(v["train_images_per_s"]) for v in together if v["train_images_per_s"] > 0}
     cost = (finished.parent / "cost.txt").read_text()
-    assert f"up to 2 runs at once: each trains at {rate} img/s then" in cost
+    said = re.search(r"up to 2 runs at once: each trains at (\d+) img/s then", cost)
+    assert said is not None and int(said.group(1)) in rates, cost
 
     # a folder from before study.json kept the study: its identity rebuilds the plan
     record = json.loads((out / "study.json").read_text())

@@ -232,7 +232,14 @@ def test_two_workers_run_four_jobs_in_two_processes_compiling_once_each(
     assert [s["compiled"] for s in seen] == [1, 1, 1, 1]  # each process compiled once
     monkeypatch.setattr(torch, "compile", CountedCompile)
     alone = worker_jobs(tmp_path / "alone", [0, 1, 2, 3], ())
-    LocalExecutor(options).run(alone)
+    # on a worker's share of the cores, as the workers trained: another thread count sums
+    # in another order (here, `pytest -n 0` has them all)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        LocalExecutor(options).run(alone)
+    finally:
+        torch.set_num_threads(threads)
     for job, sequential in zip(jobs, alone, strict=True):
         assert RunDir(job.run_dir).read_summary().status == "finished"  # type: ignore[union-attr]
         assert numbers(job.run_dir) == numbers(sequential.run_dir), job.label
