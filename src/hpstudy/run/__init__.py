@@ -24,6 +24,7 @@ _WHERE = {
     "load_data": "device_data",
     "data_shape": "device_data",
     "split_of": "device_data",
+    "model_key": "compiled",
     "CheckpointWriter": "checkpoint",
     "cpu_copy": "checkpoint",
     "evaluate": "evaluate",

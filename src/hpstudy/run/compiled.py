@@ -48,16 +48,20 @@ KEPT: OrderedDict[CompileKey, Compiled] = OrderedDict()
 reused_before = False  # the first reuse in a process is logged at info, later ones at debug
 
 
+def model_key(config: RunConfig) -> tuple[Any, ...]:
+    """What of a config decides its model's graph: the model, its source, its arguments and
+    its width (the data's shape and the execution decide the rest: `compile_key`)."""
+    return (config.model, config.model_source, tuple(sorted(config.model_args.items())),
+            config.width)  # fmt: skip
+
+
 def compile_key(
     config: RunConfig, ex: Execution, classes: int, image_shape: tuple[int, ...]
 ) -> CompileKey:
     """Everything that decides the compiled graphs (the batch size does not: a graph per
     static shape is kept beside the others)."""
     return (
-        config.model,
-        config.model_source,
-        tuple(sorted(config.model_args.items())),
-        config.width,
+        *model_key(config),
         classes,
         tuple(image_shape),
         str(ex.device),

@@ -40,7 +40,16 @@ from hpstudy.constants import NUM_SUPERCLASSES
 from hpstudy.errors import HpstudyError
 from hpstudy.files import read_json, write_json
 from hpstudy.progress import duration
-from hpstudy.run import DeviceData, Execution, RunDir, RunStatus, Trainer, data_shape, device_name
+from hpstudy.run import (
+    DeviceData,
+    Execution,
+    RunDir,
+    RunStatus,
+    Trainer,
+    data_shape,
+    device_name,
+    model_key,
+)
 from hpstudy.study.plan import BUDGETS, Plan
 from hpstudy.study.state import StudyFolder
 
@@ -158,10 +167,11 @@ def compile_graphs(config: RunConfig, train_size: int) -> int:
     return 1 if train % config.batch_size == 0 or train < config.batch_size else 2
 
 
-def model_shape(config: RunConfig) -> tuple[Any, ...]:
-    """What decides a compiled graph besides the batch: runs alike in these reuse it."""
-    return (config.model, config.model_source, tuple(sorted(config.model_args.items())),
-            config.width, config.dataset, config.image_size, config.precision)  # fmt: skip
+def graph_shape(config: RunConfig) -> tuple[Any, ...]:
+    """What decides a run's compiled graphs, as far as a config says (its model's key, the
+    data's shape, precision, compile mode and batch): runs alike in these reuse them."""
+    return (*model_key(config), config.dataset, config.image_size, config.precision,
+            config.compile, config.batch_size)  # fmt: skip
 
 
 def stage_seconds(
@@ -183,11 +193,11 @@ def stage_seconds(
     compiling = 0.0
     if speed.compile_seconds > 0:
         for run, _ in left:
-            shape = (*model_shape(run), run.batch_size, compile_graphs(run, sizes[0]))
+            graphs = compile_graphs(run, sizes[0])
+            shape = (*graph_shape(run), graphs)
             if reuses_compiled and shape in compiled:
                 continue
             compiled.add(shape)
-            graphs = compile_graphs(run, sizes[0])
             # processes compile side by side: where each keeps its models, every slot pays
             # the shape once, at the same time
             compiling += speed.compile_seconds * graphs / (1 if reuses_compiled else at_once)
@@ -431,10 +441,7 @@ def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool 
     windows of steps timed; read from the cache where measured before and still trusted
     (`trustworthy`), unless `remeasure`. Called where runs run. With `compile`, the first
     steps' time beyond the steady rate is the compile time."""
-    if device is not None:
-        config = config.model_copy(update={"device": device})
-    ex = Execution.resolve(config)
-    config = config.for_device(ex.device.type)
+    config, ex = resolved(config, device)
     path, key = cache_path(), speed_key(config, ex)
     if not remeasure and (cached := cached_speed(read_cache(path).get(key))) is not None:
         return cached
@@ -443,7 +450,7 @@ def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool 
     head = d.head(train=warmup * config.batch_size)
     first = timed(ex, lambda: trainer.train_epoch(head, 10_000, False))
     load = load_average()
-    windows = sorted(timed(ex, lambda: trainer.train_epoch(d, 0, False)) for _ in range(WINDOWS))
+    windows = timed_windows(ex, trainer, d)
     train_seconds = windows[len(windows) // 2]
     train_n = len(d.train_x)
     trainer.evaluate(d.head(val=ex.eval_batch_size))
@@ -466,6 +473,20 @@ def measure_speed(config: RunConfig, device: str | None = None, remeasure: bool 
     )
     store(path, key, speed)
     return speed
+
+
+def resolved(config: RunConfig, device: str | None) -> tuple[RunConfig, Execution]:
+    """`config` on `device` (None: its own), its precision resolved there, and its Execution."""
+    if device is not None:
+        config = config.model_copy(update={"device": device})
+    ex = Execution.resolve(config)
+    return config.for_device(ex.device.type), ex
+
+
+def timed_windows(ex: Execution, trainer: Trainer, d: DeviceData) -> list[float]:
+    """Seconds of WINDOWS passes over `d`, sorted: the median is the speed, the range its
+    spread."""
+    return sorted(timed(ex, lambda: trainer.train_epoch(d, 0, False)) for _ in range(WINDOWS))
 
 
 def probe(config: RunConfig, ex: Execution) -> tuple[Trainer, DeviceData, int]:
@@ -502,10 +523,7 @@ def measure_together(
     """This process's training images/s while `count` processes run this at once: each
     warms up (compiles), waits in the folder `meeting` until all `count` are ready, then
     times its windows of steps. Called in every worker at once (`Executor.call_at_once`)."""
-    if device is not None:
-        config = config.model_copy(update={"device": device})
-    ex = Execution.resolve(config)
-    config = config.for_device(ex.device.type)
+    config, ex = resolved(config, device)
     rng = torch.get_rng_state()
     trainer, d, warmup = probe(config, ex)
     trainer.train_epoch(d.head(train=warmup * config.batch_size), 10_000, False)
@@ -520,7 +538,7 @@ def measure_together(
                 f"workers were not ready within {MEETING_TIMEOUT:.0f} s"
             )
         time.sleep(0.01)
-    windows = sorted(timed(ex, lambda: trainer.train_epoch(d, 0, False)) for _ in range(WINDOWS))
+    windows = timed_windows(ex, trainer, d)
     torch.set_rng_state(rng)
     return len(d.train_x) / windows[len(windows) // 2]
 
