@@ -150,6 +150,14 @@ def test_runs_at_once_predict_each_stage_at_the_speed_measured_for_that_many() -
         one.seconds + epochs * 100.0 + 8 * (per_epoch + 99.5)
     )
     assert two.seconds < one.seconds and (two.at_once, one.at_once) == (2, 1)
+    # resumed with one run left per stage: nothing trains at once any more
+    last = {r.run_hash() for stage in stages for r in stage[-1:]}
+    tail = study_cost(plan, *sizes, shared, slots=2,
+                      epochs_done=lambda c: 0 if c.run_hash() in last else c.epochs)  # fmt: skip
+    assert tail.at_once == 1 and tail.seconds == pytest.approx(
+        sum(r.epochs * per_epoch + 0.5 for r in plan.distinct_runs() if r.run_hash() in last)
+        + test
+    )
     halved = dataclasses.replace(SPEED, together=2, together_images_per_s=50.0)
     assert study_cost(plan, *sizes, halved, slots=2).seconds == pytest.approx(one.seconds)
     unmeasured = study_cost(plan, *sizes, SPEED, slots=2)  # no reading together: as alone

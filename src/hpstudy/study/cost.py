@@ -267,7 +267,9 @@ def study_cost(
         test_images=len(study.seeds) * test_size,
         test_seconds=test_seconds,
         export_seconds=export_seconds,
-        at_once=max(1, min(slots, max((len(stage) for stage in stages), default=1))),
+        at_once=max(
+            [1, *(min(slots, sum(left[r.run_hash()] > 0 for r in stage)) for stage in stages)]
+        ),
         compile_seconds=compile_seconds,
     )
 
